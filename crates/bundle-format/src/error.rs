@@ -1,0 +1,189 @@
+//! The one error type of this crate.
+//!
+//! Every variant says what is wrong in words a user can act on; callers add
+//! the file name and choose an exit code with [`FormatError::kind`].
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong while reading, verifying, unpacking or writing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The file ends where the stub's ELF image ends: nothing was appended.
+    #[error(
+        "no payload: this is a bare stub or a bundle whose payload was removed \
+         (`strip` drops appended data); pack it again"
+    )]
+    NoPayload,
+
+    /// The lead-in says the bundle is longer than the file.
+    #[error(
+        "truncated bundle: the file has {actual} bytes but the bundle is {expected} bytes \
+         long; copy the complete file again"
+    )]
+    Truncated {
+        /// Length recorded at pack time.
+        expected: u64,
+        /// Length of the file on disk.
+        actual: u64,
+    },
+
+    /// Bytes follow the end of the bundle.
+    #[error(
+        "{extra} unexpected bytes follow the bundle (something was appended to it); \
+         copy the original file again"
+    )]
+    TrailingData {
+        /// How many bytes follow the recorded end.
+        extra: u64,
+    },
+
+    /// Neither a trailer nor a recognisable lead-in is present.
+    #[error(
+        "bad magic: no bundle trailer at the end of the file; this is not a sydney bundle, or it is damaged"
+    )]
+    BadMagic,
+
+    /// The trailer or lead-in names a format this reader does not know.
+    #[error(
+        "unsupported bundle format version {found} (this stub reads version {supported}); \
+         use the stub that came with the packer that made it"
+    )]
+    UnsupportedVersion {
+        /// Version found in the file.
+        found: u32,
+        /// Version this code reads.
+        supported: u32,
+    },
+
+    /// The trailer is present but its fields are inconsistent or damaged.
+    #[error("corrupt bundle trailer: {0}; copy the original file again")]
+    CorruptTrailer(&'static str),
+
+    /// A section's SHA-256 does not match the one recorded at pack time.
+    #[error("{section} digest mismatch: the bundle is corrupted; copy the original file again")]
+    DigestMismatch {
+        /// `payload`, `manifest` or `index`.
+        section: &'static str,
+    },
+
+    /// The manifest or index could not be decoded or holds invalid values.
+    #[error("invalid {section}: {reason}")]
+    InvalidMetadata {
+        /// `manifest` or `index`.
+        section: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The payload was packed with a codec this stub was built without.
+    #[error("payload codec {0} is not built into this stub; pack again with a stub that has it")]
+    CodecUnavailable(&'static str),
+
+    /// The payload is not a valid compressed tar stream.
+    #[error("corrupt payload: {0}")]
+    CorruptPayload(String),
+
+    /// An entry in the payload would escape the tree or is not allowed.
+    #[error("unsafe payload entry {path:?}: {reason}")]
+    UnsafeEntry {
+        /// The entry's path as recorded in the archive.
+        path: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// A file in a folder being packed cannot be packed.
+    #[error("cannot pack {path}: {reason}")]
+    Unpackable {
+        /// The offending path.
+        path: PathBuf,
+        /// Why it cannot be packed and what to do.
+        reason: String,
+    },
+
+    /// An I/O error on a named path.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. `cannot create`.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Coarse classes of [`FormatError`], for choosing exit codes and fallbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No payload appended (stripped or bare stub).
+    NoPayload,
+    /// The file is shorter than the bundle.
+    Truncated,
+    /// No trailer magic, or bytes appended after the bundle.
+    BadMagic,
+    /// Unknown format version.
+    UnsupportedVersion,
+    /// Inconsistent trailer, digest mismatch, undecodable metadata or payload.
+    Corrupt,
+    /// A payload entry was refused by the safety checks.
+    Unsafe,
+    /// The disk or quota is full.
+    NoSpace,
+    /// Permission denied or read-only file system.
+    PermissionDenied,
+    /// Anything else (I/O, packing input errors, missing codec).
+    Other,
+}
+
+impl FormatError {
+    /// Wraps an I/O error with what was being done and to which path.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        FormatError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Classifies the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FormatError::NoPayload => ErrorKind::NoPayload,
+            FormatError::Truncated { .. } => ErrorKind::Truncated,
+            FormatError::TrailingData { .. } | FormatError::BadMagic => ErrorKind::BadMagic,
+            FormatError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            FormatError::CorruptTrailer(_)
+            | FormatError::DigestMismatch { .. }
+            | FormatError::InvalidMetadata { .. }
+            | FormatError::CorruptPayload(_) => ErrorKind::Corrupt,
+            FormatError::UnsafeEntry { .. } => ErrorKind::Unsafe,
+            FormatError::Io { source, .. } => io_kind(source),
+            FormatError::CodecUnavailable(_) | FormatError::Unpackable { .. } => ErrorKind::Other,
+        }
+    }
+}
+
+/// Classifies an I/O error into the kinds users need to act on differently.
+pub fn io_kind(err: &io::Error) -> ErrorKind {
+    match err.raw_os_error() {
+        Some(code) if code == ENOSPC || code == EDQUOT => ErrorKind::NoSpace,
+        Some(code) if code == EACCES || code == EPERM || code == EROFS => {
+            ErrorKind::PermissionDenied
+        }
+        _ => ErrorKind::Other,
+    }
+}
+
+// Linux errno values (identical on every Linux architecture we target); kept
+// here so this pure crate needs no libc binding.
+const EPERM: i32 = 1;
+const EACCES: i32 = 13;
+const ENOSPC: i32 = 28;
+const EROFS: i32 = 30;
+const EDQUOT: i32 = 122;
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = FormatError> = std::result::Result<T, E>;
