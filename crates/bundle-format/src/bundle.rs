@@ -1,7 +1,7 @@
 //! A validated view of a whole bundle file held in memory (normally a map of
 //! the running executable).
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -17,6 +17,15 @@ use crate::unpack::{self, UnpackStats};
 /// Starting a thread costs more than hashing a small payload.
 const PARALLEL_HASH_THRESHOLD: usize = 4 << 20;
 
+/// Granularity at which consumed payload bytes are handed back (see
+/// [`Bundle::with_page_release`]).
+const RELEASE_CHUNK: usize = 4 << 20;
+
+/// Called with payload regions that have been read and will not be needed
+/// again soon: a mapped file's caller can drop those pages from its resident
+/// set, so that memory use does not grow with the payload.
+pub type PageRelease = fn(&[u8]);
+
 /// A bundle whose layout and manifest have been checked.
 ///
 /// Opening a bundle hashes only the manifest (a few hundred bytes); the
@@ -27,6 +36,7 @@ pub struct Bundle<'a> {
     file: &'a [u8],
     layout: Layout,
     manifest: Manifest,
+    release: Option<PageRelease>,
 }
 
 impl<'a> Bundle<'a> {
@@ -45,7 +55,15 @@ impl<'a> Bundle<'a> {
             file,
             layout,
             manifest,
+            release: None,
         })
+    }
+
+    /// Hands payload regions back through `release` once read (hashing and
+    /// decompression both stream through the payload front to back).
+    pub fn with_page_release(mut self, release: PageRelease) -> Self {
+        self.release = Some(release);
+        self
     }
 
     /// The decoded manifest.
@@ -80,7 +98,7 @@ impl<'a> Bundle<'a> {
 
     /// Hashes the payload and compares it with the trailer.
     pub fn verify_payload(&self) -> Result<()> {
-        check_digest(self.payload(), self.payload_sha256())
+        check_digest(self.payload(), self.payload_sha256(), self.release)
     }
 
     /// Decodes the file index, after checking its digest against the manifest.
@@ -95,7 +113,13 @@ impl<'a> Bundle<'a> {
     /// A streaming decoder of the payload's tar stream. The payload is not
     /// verified; use [`Bundle::unpack_verified`] to extract.
     pub fn tar_stream(&self) -> Result<Box<dyn Read + 'a>> {
-        codec::decoder(self.manifest.codec, self.payload())
+        let input = ReleasingReader {
+            data: self.payload(),
+            pos: 0,
+            released: 0,
+            release: self.release,
+        };
+        codec::decoder(self.manifest.codec, input)
     }
 
     /// Unpacks the payload into the empty directory `dest`, verifying the
@@ -108,7 +132,7 @@ impl<'a> Bundle<'a> {
             return unpack::unpack(self.tar_stream()?, dest);
         }
         std::thread::scope(|scope| {
-            let hasher = scope.spawn(|| check_digest(payload, self.payload_sha256()));
+            let hasher = scope.spawn(|| check_digest(payload, self.payload_sha256(), self.release));
             let unpacked = self.tar_stream().and_then(|tar| unpack::unpack(tar, dest));
             let verified = hasher
                 .join()
@@ -118,10 +142,51 @@ impl<'a> Bundle<'a> {
     }
 }
 
-fn check_digest(bytes: &[u8], expected: &[u8; 32]) -> Result<()> {
-    if Sha256::digest(bytes)[..] == expected[..] {
+fn check_digest(bytes: &[u8], expected: &[u8; 32], release: Option<PageRelease>) -> Result<()> {
+    let mut hasher = Sha256::new();
+    for chunk in bytes.chunks(RELEASE_CHUNK) {
+        hasher.update(chunk);
+        if let Some(release) = release {
+            release(chunk);
+        }
+    }
+    if hasher.finalize()[..] == expected[..] {
         Ok(())
     } else {
         Err(FormatError::DigestMismatch { section: "payload" })
+    }
+}
+
+/// Reads a byte slice, handing back each [`RELEASE_CHUNK`] once consumed.
+struct ReleasingReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    released: usize,
+    release: Option<PageRelease>,
+}
+
+impl Read for ReleasingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ReleasingReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(&self.data[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.data.len());
+        if let Some(release) = self.release {
+            while self.pos - self.released >= RELEASE_CHUNK {
+                release(&self.data[self.released..self.released + RELEASE_CHUNK]);
+                self.released += RELEASE_CHUNK;
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! A stub is built with only the decoder it needs: a gzip stub does not carry
 //! the zstd library, which would cost about 150 KB in every bundle.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 use crate::error::{FormatError, Result};
 use crate::manifest::Codec;
@@ -14,7 +14,7 @@ use crate::manifest::Codec;
 pub const ZSTD_MAX_WINDOW_LOG: u32 = 24;
 
 /// A streaming decoder over the payload bytes.
-pub fn decoder<'a>(codec: Codec, payload: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
+pub fn decoder<'a>(codec: Codec, payload: impl BufRead + 'a) -> Result<Box<dyn Read + 'a>> {
     match codec {
         #[cfg(feature = "gzip")]
         Codec::Gzip => Ok(Box::new(flate2::bufread::GzDecoder::new(payload))),
@@ -29,7 +29,7 @@ pub fn decoder<'a>(codec: Codec, payload: &'a [u8]) -> Result<Box<dyn Read + 'a>
         }
         #[allow(unreachable_patterns)]
         other => {
-            let _ = payload;
+            drop(payload);
             Err(FormatError::CodecUnavailable(other.name()))
         }
     }

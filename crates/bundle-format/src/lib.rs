@@ -11,6 +11,8 @@
 
 pub mod bundle;
 pub mod codec;
+#[cfg(feature = "doctor")]
+pub mod doctor;
 pub mod elf;
 pub mod error;
 pub mod layout;

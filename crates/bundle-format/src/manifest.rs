@@ -191,6 +191,22 @@ impl Index {
         postcard::to_allocvec(self).expect("encoding into a Vec cannot fail")
     }
 
+    /// Finds the regular file `path` names, following in-tree symlinks.
+    pub fn resolve(&self, path: &str) -> Option<&IndexEntry> {
+        let mut current = crate::paths::normalize(path);
+        for _ in 0..40 {
+            let entry = self.entries.iter().find(|e| e.path == current)?;
+            match (&entry.kind, &entry.link) {
+                (EntryKind::File, _) => return Some(entry),
+                (EntryKind::Symlink, Some(target)) => {
+                    current = crate::paths::symlink_destination(&entry.path, target);
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
     /// Decodes and validates an index.
     pub fn decode(bytes: &[u8]) -> Result<Index> {
         let index: Index = decode_exact(bytes, "index")?;

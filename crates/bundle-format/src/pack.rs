@@ -16,7 +16,9 @@ use crate::codec::Encoder;
 use crate::error::{FormatError, Result};
 use crate::layout::{LEAD_IN_LEN, LeadIn, Trailer};
 use crate::manifest::{Codec, EntryKind, Index, IndexEntry, Manifest, validate_label};
-use crate::paths::{symlink_stays_inside, symlink_target_dirs, validate_relative};
+use crate::paths::{
+    symlink_destination, symlink_stays_inside, symlink_target_dirs, validate_relative,
+};
 
 /// What to pack and how.
 #[derive(Debug, Clone)]
@@ -232,27 +234,11 @@ fn check_entry(dir: &Path, entry: &str, entries: &[SourceEntry]) -> Result<()> {
             }
             EntryKind::Symlink => {
                 let target = found.link.as_deref().unwrap_or_default();
-                let parent = current.rsplit_once('/').map_or("", |(p, _)| p);
-                current = normalize(&format!("{parent}/{target}"));
+                current = symlink_destination(&current, target);
             }
         }
     }
     Err(missing(format!("the entry {entry} is a symlink loop")))
-}
-
-/// Lexically normalises a tree-relative path (already known to stay inside).
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for component in path.split('/') {
-        match component {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            name => parts.push(name),
-        }
-    }
-    parts.join("/")
 }
 
 /// Packs `dir` behind `stub` into the file `out`, atomically: the bundle is

@@ -91,6 +91,30 @@ pub fn symlink_target_dirs(link_path: &str, target: &str) -> Vec<String> {
     dirs
 }
 
+/// Lexically normalises a tree-relative path: drops `.` and empty
+/// components and applies `..` (never above the root).
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in path.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    parts.join("/")
+}
+
+/// Where a symlink at `link_path` with relative target `target` points,
+/// as a normalised tree-relative path.
+pub fn symlink_destination(link_path: &str, target: &str) -> String {
+    let link_path = link_path.strip_suffix('/').unwrap_or(link_path);
+    let parent = link_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    normalize(&format!("{parent}/{target}"))
+}
+
 /// Every proper ancestor of `path`: `a/b/c` gives `a` and `a/b`.
 pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     let path = path.strip_suffix('/').unwrap_or(path);

@@ -1,0 +1,220 @@
+//! The command line. Doc comments are the help text.
+//!
+//! argh, not clap: it derives the same kind of parser with per-command
+//! `--help`, examples and notes, and costs about 40 KB instead of 290 KB in
+//! every bundle (measured; see docs/BENCHMARKS.md).
+
+use argh::FromArgs;
+
+/// Run and manage the release packed in this file.
+#[derive(FromArgs, Debug)]
+#[argh(
+    example = "{command_name} start\n\
+               {command_name} start -- --port 9000\n\
+               {command_name} daemon && {command_name} pid && {command_name} stop\n\
+               {command_name} inspect --doctor",
+    note = "Environment:\n  \
+            SYDNEY_BUNDLE_DIR        cache root to extract into (an error if unusable)\n  \
+            SYDNEY_BUNDLE_STATE_DIR  where pidfile, lock and log live (default: <cache root>/state/<name>)\n  \
+            SYDNEY_BUNDLE_INIT=0     as PID 1, exec the entry instead of staying as a minimal init\n\
+            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME and BUNDLE_VERSION.\n\
+            See docs/EXIT_CODES.md for every exit code; the common ones are listed below.",
+    error_code(1, "failure not listed here"),
+    error_code(2, "bad command line"),
+    error_code(3, "stop, pid: not running"),
+    error_code(4, "daemon: already running"),
+    error_code(5, "healthcheck: no 2xx answer"),
+    error_code(10, "no payload: a bare stub or a stripped bundle"),
+    error_code(11, "truncated bundle"),
+    error_code(14, "corrupt bundle (digest mismatch)"),
+    error_code(20, "no usable cache directory"),
+    error_code(21, "disk full"),
+    error_code(23, "SYDNEY_BUNDLE_DIR is unsafe (not yours, or writable by others)")
+)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Start(Start),
+    Daemon(Daemon),
+    Stop(Stop),
+    Restart(Restart),
+    Pid(Pid),
+    Version(Version),
+    Exec(Exec),
+    Healthcheck(Healthcheck),
+    Inspect(Inspect),
+    Verify(Verify),
+    Extract(Extract),
+    Clean(Clean),
+}
+
+/// Run the release in the foreground (the process becomes the release's
+/// entry; as PID 1 it stays as a minimal init that forwards signals and
+/// reaps zombies).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "start",
+    example = "{command_name}\n{command_name} -- --port 9000",
+    note = "Arguments after -- are passed to the entry after the bundle's default arguments."
+)]
+pub struct Start {
+    /// arguments for the entry (after --)
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+/// Start the release in the background: detached, output appended to the log
+/// file in the state directory, pid recorded. Returns once it runs.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "daemon",
+    example = "{command_name}\n{command_name} -- --port 9000",
+    note = "Refuses to start a second instance (exit code 4). The log is <state dir>/log."
+)]
+pub struct Daemon {
+    /// arguments for the entry (after --)
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+/// Stop the running instance: SIGTERM, then SIGKILL after the timeout.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "stop",
+    example = "{command_name}\n{command_name} --timeout 30",
+    note = "Exits 3 if nothing is running. A stale pidfile is detected and never signalled."
+)]
+pub struct Stop {
+    /// seconds to wait after SIGTERM before SIGKILL (default 15)
+    #[argh(option, default = "15")]
+    pub timeout: u64,
+}
+
+/// Stop the running instance (if any), then start it again in the background.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "restart", example = "{command_name}")]
+pub struct Restart {
+    /// seconds to wait after SIGTERM before SIGKILL (default 15)
+    #[argh(option, default = "15")]
+    pub timeout: u64,
+    /// arguments for the entry (after --)
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+/// Print the pid of the running instance.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "pid",
+    example = "{command_name}",
+    note = "Prints \"not running\" and exits 3 if nothing runs."
+)]
+pub struct Pid {}
+
+/// Print the bundle's name and version.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version", example = "{command_name}")]
+pub struct Version {}
+
+/// Run the entry with exactly these arguments (no default arguments), e.g. a
+/// mix release's `remote` or `eval`.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "exec",
+    example = "{command_name} -- remote\n{command_name} -- eval 'IO.puts(:ok)'"
+)]
+pub struct Exec {
+    /// arguments for the entry (after --)
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+/// Check that the server answers: HTTP GET, exit 0 on a 2xx status.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "healthcheck",
+    example = "{command_name}\n{command_name} --url http://127.0.0.1:9000/health",
+    note = "The default URL is http://127.0.0.1:$PORT/ (PORT defaults to 8080). Made for \
+            HEALTHCHECK in FROM scratch images, which have no curl. Exit code 5 when unhealthy."
+)]
+pub struct Healthcheck {
+    /// the URL to GET: http:// with an IP address or localhost
+    #[argh(option)]
+    pub url: Option<String>,
+    /// timeout in milliseconds for connecting and for the answer (default 3000)
+    #[argh(option, default = "3000")]
+    pub timeout_ms: u64,
+}
+
+/// Show what is in this bundle and where it would run from.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "inspect",
+    example = "{command_name}\n{command_name} --files\n{command_name} --doctor"
+)]
+pub struct Inspect {
+    /// list every file in the payload
+    #[argh(switch)]
+    pub files: bool,
+    /// check what the payload's programs need from a host (libc, loader,
+    /// shared libraries, #! interpreters) and say where it can run
+    #[argh(switch)]
+    pub doctor: bool,
+}
+
+/// Check the payload digest; with --deep also compare the extracted tree
+/// with the manifest.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "verify",
+    example = "{command_name}\n{command_name} --deep",
+    note = "Exit code 14 if the payload is corrupt, 6 if the extracted tree differs."
+)]
+pub struct Verify {
+    /// also compare the extracted tree with the file index
+    #[argh(switch)]
+    pub deep: bool,
+}
+
+/// Unpack the payload into a new directory.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "extract",
+    example = "{command_name} ./release",
+    note = "The directory must not exist (or be empty); it appears complete or not at all."
+)]
+pub struct Extract {
+    /// where to unpack
+    #[argh(positional)]
+    pub dir: String,
+}
+
+/// Remove leftovers from crashed extractions and old versions of this bundle
+/// that no running process uses.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "clean",
+    example = "{command_name}\n{command_name} --all"
+)]
+pub struct Clean {
+    /// remove every cached tree of this bundle, the current one included
+    /// (trees in use are kept)
+    #[argh(switch)]
+    pub all: bool,
+}

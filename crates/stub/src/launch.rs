@@ -1,0 +1,458 @@
+//! Getting from a verified bundle to a running entry: choose a cache root,
+//! make sure the tree exists (extracting it if needed), decide how to exec,
+//! and exec (or, as PID 1, stay as a minimal init).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bundle_format::{Bundle, EntryKind, ErrorKind, FormatError};
+
+use crate::cache::{self, Decision, Mode, Placement, Source};
+use crate::exit::{Exit, coded};
+use crate::sys::{self, ExecTarget};
+use crate::tree::{self, Tree};
+use crate::ui::note;
+
+/// How the entry will be executed.
+#[derive(Debug)]
+pub enum Plan {
+    /// `execve` of a file in the tree.
+    Path(PathBuf),
+    /// `execveat` of an in-memory copy (noexec mount, or nothing writable).
+    Memory(File),
+    /// A `#!` script on a noexec mount: exec its interpreter on it.
+    Script {
+        /// The interpreter from the `#!` line.
+        interpreter: PathBuf,
+        /// Its optional single argument.
+        argument: Option<OsString>,
+        /// The script in the tree.
+        script: PathBuf,
+    },
+}
+
+/// Everything needed to exec the entry.
+#[derive(Debug)]
+pub struct Prepared {
+    /// How to exec.
+    pub plan: Plan,
+    /// The tree (its lock must stay open across exec), if any.
+    pub tree: Option<Tree>,
+    /// The chain's decision (for the state dir).
+    pub decision: Decision,
+}
+
+impl Prepared {
+    /// The entry's path as argv[0] and for messages.
+    pub fn argv0(&self, bundle: &Bundle<'_>) -> OsString {
+        match &self.tree {
+            Some(tree) => tree.path.join(&bundle.manifest().entry).into_os_string(),
+            None => OsString::from(&bundle.manifest().entry),
+        }
+    }
+}
+
+/// Walks the cache chain and gets the entry ready to exec.
+pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
+    let manifest = bundle.manifest();
+    let tree_name = bundle.tree_dir_name();
+    let candidates = cache::candidates(
+        &cache::Env::from_process(),
+        manifest.default_cache_dir.as_deref(),
+    );
+    let mut skip = Vec::new();
+    loop {
+        let decision = cache::choose(&candidates, &tree_name, &skip)
+            .map_err(cache::ExplicitRefused::into_error)?;
+        let root = match &decision.placement {
+            Placement::Root(root) => root.clone(),
+            Placement::Memory => return prepare_in_memory(bundle, decision),
+        };
+        announce(&decision);
+        let tree_path = root.candidate.root.join(&tree_name);
+        let tree = match tree::open_existing(&tree_path)
+            .with_context(|| format!("cannot open {}", tree_path.display()))?
+        {
+            Some(tree) => tree,
+            None => match extract_into(bundle, &root.candidate.root) {
+                Ok(tree) => tree,
+                Err(err)
+                    if err.kind() == ErrorKind::NoSpace
+                        && root.candidate.source != Source::Explicit =>
+                {
+                    note(&format!(
+                        "{} is full; trying the next cache directory",
+                        root.candidate.root.display()
+                    ));
+                    skip.push(root.candidate.root.clone());
+                    continue;
+                }
+                Err(err) => return Err(extraction_error(err, &root.candidate)),
+            },
+        };
+        let plan = match root.mode {
+            Mode::Exec => Plan::Path(tree.path.join(&manifest.entry)),
+            Mode::NoExec => plan_noexec(&tree.path.join(&manifest.entry))?,
+        };
+        return Ok(Prepared {
+            plan,
+            tree: Some(tree),
+            decision,
+        });
+    }
+}
+
+/// Extracts, then cleans up crash leftovers and old versions.
+fn extract_into(bundle: &Bundle<'_>, root: &Path) -> Result<Tree, FormatError> {
+    let extracted = tree::extract(bundle, root)?;
+    if extracted.ours {
+        let current = bundle.tree_dir_name();
+        tree::housekeeping(
+            root,
+            &bundle.manifest().name,
+            Some(&current),
+            tree::KEEP_OLDER,
+        );
+    }
+    Ok(extracted.tree)
+}
+
+fn extraction_error(err: FormatError, candidate: &cache::Candidate) -> anyhow::Error {
+    let root = candidate.root.display();
+    let hint = match err.kind() {
+        ErrorKind::NoSpace => {
+            "; free some space or point SYDNEY_BUNDLE_DIR at a file system with room"
+        }
+        ErrorKind::PermissionDenied => "; point SYDNEY_BUNDLE_DIR at a directory you can write",
+        _ => "",
+    };
+    anyhow::Error::new(err).context(format!("cannot extract the payload into {root}{hint}"))
+}
+
+/// Says once, on stderr, when the chain fell back from its first choice.
+fn announce(decision: &Decision) {
+    let Some(root) = decision.root() else {
+        return;
+    };
+    let place = root.candidate.root.display();
+    if root.mode == Mode::NoExec {
+        note(&format!(
+            "{place} is mounted noexec: its tree holds the data files and the entry runs from memory{}",
+            skipped(decision)
+        ));
+    } else if !decision.refusals.is_empty() {
+        note(&format!("using {place}{}", skipped(decision)));
+    }
+}
+
+fn skipped(decision: &Decision) -> String {
+    if decision.refusals.is_empty() {
+        String::new()
+    } else {
+        format!(" (skipped {})", decision.refusal_summary())
+    }
+}
+
+/// Nothing writable: run the entry from memory, without a tree.
+fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Prepared> {
+    let manifest = bundle.manifest();
+    if manifest.needs_tree {
+        return Err(coded(
+            Exit::NoCacheDir,
+            format!(
+                "no usable cache directory, and {} needs its extracted tree (tried {}); \
+                 set SYDNEY_BUNDLE_DIR to a writable directory",
+                manifest.name,
+                decision.refusal_summary()
+            ),
+        ));
+    }
+    let index = bundle.index()?;
+    let entry = resolve_entry(&index, &manifest.entry)?;
+    let unavailable: Vec<&str> = index
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.path != entry)
+        .map(|e| e.path.as_str())
+        .collect();
+    let listed = if unavailable.is_empty() {
+        "none".to_owned()
+    } else if unavailable.len() > 8 {
+        format!(
+            "{} and {} more",
+            unavailable[..8].join(", "),
+            unavailable.len() - 8
+        )
+    } else {
+        unavailable.join(", ")
+    };
+    note(&format!(
+        "no writable directory for the cache ({}); running {} from memory without its tree \
+         (BUNDLE_ROOT unset); unavailable files: {listed}",
+        decision.refusal_summary(),
+        manifest.entry
+    ));
+    bundle.verify_payload()?;
+    let memfd = entry_from_payload(bundle, &entry)?;
+    Ok(Prepared {
+        plan: Plan::Memory(memfd),
+        tree: None,
+        decision,
+    })
+}
+
+/// Follows in-tree symlinks from the entry to the regular file it names.
+fn resolve_entry(index: &bundle_format::Index, entry: &str) -> Result<String> {
+    index.resolve(entry).map(|e| e.path.clone()).ok_or_else(|| {
+        coded(
+            Exit::Corrupt,
+            format!("the entry {entry} is not in the payload"),
+        )
+    })
+}
+
+/// Streams the payload until the entry's file and copies it into a memfd.
+fn entry_from_payload(bundle: &Bundle<'_>, entry: &str) -> Result<File> {
+    let mut archive = tar::Archive::new(bundle.tar_stream()?);
+    for item in archive.entries().context("cannot read the payload")? {
+        let mut item = item.context("cannot read the payload")?;
+        if item.path_bytes().as_ref() == entry.as_bytes() {
+            let mut head = [0u8; 4];
+            let n = read_head(&mut item, &mut head)?;
+            return to_memfd(&head[..n], &mut item, entry);
+        }
+    }
+    Err(coded(
+        Exit::Corrupt,
+        format!("the entry {entry} is not in the payload"),
+    ))
+}
+
+/// The tree is on a noexec mount: copy an ELF entry to memory, or run a
+/// script through its interpreter.
+fn plan_noexec(entry: &Path) -> Result<Plan> {
+    let mut file =
+        File::open(entry).with_context(|| format!("cannot open the entry {}", entry.display()))?;
+    let mut head = [0u8; 256];
+    let n = read_head(&mut file, &mut head)?;
+    if let Some((interpreter, argument)) = parse_shebang(&head[..n]) {
+        return Ok(Plan::Script {
+            interpreter,
+            argument,
+            script: entry.to_owned(),
+        });
+    }
+    let memfd = to_memfd(&head[..n], &mut file, &entry.display().to_string())?;
+    Ok(Plan::Memory(memfd))
+}
+
+fn read_head(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Copies a program (whose first bytes, `head`, were already read from
+/// `rest`) into an executable memfd. Only ELF programs can run from memory.
+fn to_memfd(head: &[u8], rest: &mut impl Read, name: &str) -> Result<File> {
+    if !head.starts_with(b"\x7fELF") {
+        let what = if head.starts_with(b"#!") {
+            "a #! script, which needs its extracted tree to run"
+        } else {
+            "not an ELF program"
+        };
+        return Err(coded(
+            Exit::CannotRun,
+            format!(
+                "cannot run {name} from memory: it is {what}; \
+                 make a writable, exec-capable directory available via SYDNEY_BUNDLE_DIR"
+            ),
+        ));
+    }
+    let label = Path::new(name)
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or("entry");
+    let mut memfd = sys::memfd_exec(label).map_err(|err| {
+        coded(
+            Exit::CannotRun,
+            format!("cannot run {name} from memory: memfd_create failed: {err}"),
+        )
+    })?;
+    memfd
+        .write_all(head)
+        .and_then(|()| io::copy(rest, &mut memfd).map(drop))
+        .with_context(|| format!("cannot copy {name} into memory"))?;
+    Ok(memfd)
+}
+
+/// Parses `#!interpreter [argument]`.
+pub fn parse_shebang(head: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n')?];
+    let line = line.trim_ascii();
+    let (interpreter, rest) = match line.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(at) => (&line[..at], line[at..].trim_ascii()),
+        None => (line, &[][..]),
+    };
+    if interpreter.is_empty() {
+        return None;
+    }
+    let argument = (!rest.is_empty()).then(|| OsString::from_vec(rest.to_vec()));
+    Some((PathBuf::from(OsStr::from_bytes(interpreter)), argument))
+}
+
+/// The argument vector and environment for the entry.
+pub fn command_line(
+    bundle: &Bundle<'_>,
+    prepared: &Prepared,
+    default_args: bool,
+    user_args: &[String],
+) -> Result<(Vec<CString>, Vec<CString>)> {
+    let manifest = bundle.manifest();
+    let argv0 = prepared.argv0(bundle);
+    let mut argv: Vec<Vec<u8>> = Vec::new();
+    match &prepared.plan {
+        Plan::Script {
+            interpreter,
+            argument,
+            script,
+        } => {
+            argv.push(interpreter.as_os_str().as_bytes().to_vec());
+            if let Some(argument) = argument {
+                argv.push(argument.as_bytes().to_vec());
+            }
+            argv.push(script.as_os_str().as_bytes().to_vec());
+        }
+        Plan::Path(_) | Plan::Memory(_) => argv.push(argv0.as_bytes().to_vec()),
+    }
+    if default_args {
+        argv.extend(manifest.args.iter().map(|a| a.as_bytes().to_vec()));
+    }
+    argv.extend(user_args.iter().map(|a| a.as_bytes().to_vec()));
+
+    let ours = ["BUNDLE_ROOT", "BUNDLE_NAME", "BUNDLE_VERSION"];
+    let mut envp: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(key, _)| !ours.iter().any(|o| key == o))
+        .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
+        .collect();
+    if let Some(tree) = &prepared.tree {
+        envp.push([b"BUNDLE_ROOT=", tree.path.as_os_str().as_bytes()].concat());
+    }
+    envp.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
+    envp.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
+    let to_c = |v: Vec<u8>| CString::new(v).context("an argument or variable contains a NUL byte");
+    Ok((
+        argv.into_iter().map(to_c).collect::<Result<_>>()?,
+        envp.into_iter().map(to_c).collect::<Result<_>>()?,
+    ))
+}
+
+/// Replaces this process with the entry. Returns only on failure, with an
+/// error explaining why the entry could not run.
+pub fn exec(
+    bundle: &Bundle<'_>,
+    prepared: &Prepared,
+    argv: &[CString],
+    envp: &[CString],
+) -> anyhow::Error {
+    if let Some(tree) = &prepared.tree {
+        if let Err(err) = sys::keep_across_exec(&tree.lock) {
+            return anyhow::Error::new(err).context("cannot keep the tree lock across exec");
+        }
+    }
+    let err = match &prepared.plan {
+        Plan::Path(path) => sys::exec(ExecTarget::Path(path), argv, envp),
+        Plan::Memory(file) => sys::exec(
+            ExecTarget::Fd(std::os::fd::AsRawFd::as_raw_fd(file)),
+            argv,
+            envp,
+        ),
+        Plan::Script { interpreter, .. } => sys::exec(ExecTarget::Path(interpreter), argv, envp),
+    };
+    explain_exec_error(bundle, prepared, err)
+}
+
+/// Turns an exec failure into a message that names the real cause.
+fn explain_exec_error(bundle: &Bundle<'_>, prepared: &Prepared, err: io::Error) -> anyhow::Error {
+    let entry = prepared.argv0(bundle).to_string_lossy().into_owned();
+    match (err.raw_os_error(), &prepared.plan) {
+        (Some(libc::ENOENT), Plan::Script { interpreter, .. }) => coded(
+            Exit::NotFound,
+            format!(
+                "cannot run {entry}: its interpreter {} does not exist on this host; \
+                 run `inspect --doctor` to see what the payload needs",
+                interpreter.display()
+            ),
+        ),
+        (Some(libc::ENOENT), Plan::Path(path)) if path.exists() => {
+            let needs = missing_interpreter(path).unwrap_or_else(|| "its loader".to_owned());
+            coded(
+                Exit::NotFound,
+                format!(
+                    "cannot run {entry}: {needs} does not exist on this host; \
+                     run `inspect --doctor` to see what the payload needs"
+                ),
+            )
+        }
+        (Some(libc::ENOENT), _) => coded(Exit::NotFound, format!("cannot run {entry}: not found")),
+        (Some(libc::EACCES), Plan::Path(_)) => coded(
+            Exit::NotExecutable,
+            format!("cannot run {entry}: permission denied (is its file system mounted noexec?)"),
+        ),
+        (Some(libc::EPERM | libc::EACCES), Plan::Memory(_)) => coded(
+            Exit::CannotRun,
+            format!(
+                "cannot run {entry} from memory: the system forbids it ({err}; e.g. systemd's \
+                 MemoryDenyWriteExecute or vm.memfd_noexec); point SYDNEY_BUNDLE_DIR at a \
+                 writable, exec-capable directory"
+            ),
+        ),
+        (Some(libc::ENOEXEC), _) => coded(
+            Exit::NotExecutable,
+            format!("cannot run {entry}: not an executable format for this host"),
+        ),
+        _ => coded(Exit::NotExecutable, format!("cannot run {entry}: {err}")),
+    }
+}
+
+/// Names the `#!` interpreter or ELF loader of `path`, for "not found" errors.
+fn missing_interpreter(path: &Path) -> Option<String> {
+    let mut head = [0u8; 256];
+    let n = read_head(&mut File::open(path).ok()?, &mut head).ok()?;
+    if let Some((interpreter, _)) = parse_shebang(&head[..n]) {
+        return Some(format!("its interpreter {}", interpreter.display()));
+    }
+    let bytes = std::fs::read(path).ok()?;
+    bundle_format::doctor::elf_interpreter(&bytes)
+        .map(|loader| format!("its dynamic loader {loader}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebangs() {
+        assert_eq!(
+            parse_shebang(b"#!/bin/sh\necho"),
+            Some((PathBuf::from("/bin/sh"), None))
+        );
+        assert_eq!(
+            parse_shebang(b"#! /usr/bin/env  bash -e \nx"),
+            Some((PathBuf::from("/usr/bin/env"), Some("bash -e".into())))
+        );
+        assert_eq!(parse_shebang(b"#!\n"), None);
+        assert_eq!(parse_shebang(b"\x7fELF"), None);
+        assert_eq!(parse_shebang(b"#!/bin/sh"), None);
+    }
+}

@@ -1,0 +1,393 @@
+//! `daemon`, `stop`, `restart`, `pid`: a mix-release style lifecycle that
+//! needs no shell.
+//!
+//! The state directory holds `lock`, `pid` and `log`. A running instance
+//! holds an exclusive flock on `lock` through a descriptor that survives
+//! exec; the kernel drops it when the process exits, however it exits. So
+//! "is it running?" is answered by the lock, not by trusting a pid: a stale
+//! pidfile (dead process, or a pid reused by an unrelated one) is detected
+//! exactly and never signalled. Where /proc exists, the pid's start time is
+//! checked too.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bundle_format::Bundle;
+
+use crate::exit::{Exit, coded, exit_for};
+use crate::launch::{self, Prepared};
+use crate::sys::{self, Forked, Lock};
+use crate::ui::note;
+
+/// The state directory of one bundle name.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// A pid and the start time the kernel gave it (clock ticks since boot;
+/// 0 when /proc was not available to read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidRecord {
+    /// The process id.
+    pub pid: i32,
+    /// Its start time, or 0 if unknown.
+    pub start_time: u64,
+}
+
+/// Whether an instance runs.
+#[derive(Debug)]
+pub enum Status {
+    /// Nothing runs; `stale` explains a leftover pidfile, if there is one.
+    NotRunning {
+        /// What the leftover pidfile said.
+        stale: Option<String>,
+    },
+    /// An instance holds the lock and its pid checks out.
+    Running(PidRecord),
+    /// Something holds the lock but the pidfile does not name a live
+    /// process of ours: we cannot tell what to signal.
+    Unknown(String),
+}
+
+impl StateDir {
+    /// The state directory at `dir`.
+    pub fn new(dir: PathBuf) -> StateDir {
+        StateDir { dir }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("pid")
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// Creates the directory (0700) and refuses one that others can tamper with.
+    pub fn ensure(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create the state directory {}", self.dir.display()))?;
+        let meta = fs::symlink_metadata(&self.dir)?;
+        crate::cache::check_private(&meta).map_err(|reason| {
+            coded(
+                Exit::UnsafeCacheDir,
+                format!("the state directory {} {reason}", self.dir.display()),
+            )
+        })
+    }
+
+    /// Takes the instance lock if nobody holds it. Retries briefly, because
+    /// `pid` or `stop` in another process may be probing it this instant.
+    pub fn try_claim(&self) -> Result<Option<File>> {
+        let path = self.lock_path();
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        for _ in 0..20 {
+            if sys::flock(&lock, Lock::ExclusiveNow)? {
+                return Ok(Some(lock));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(None)
+    }
+
+    /// Writes the pidfile atomically (temp file, then rename).
+    pub fn record(&self, record: PidRecord) -> Result<()> {
+        let temp = self.dir.join(format!(".pid.{}", std::process::id()));
+        let text = format!("{} {}\n", record.pid, record.start_time);
+        fs::write(&temp, text)
+            .and_then(|()| fs::rename(&temp, self.pid_path()))
+            .with_context(|| format!("cannot write {}", self.pid_path().display()))
+    }
+
+    fn read_record(&self) -> Option<Result<PidRecord, String>> {
+        let text = fs::read_to_string(self.pid_path()).ok()?;
+        let mut fields = text.split_whitespace();
+        let pid = fields.next().and_then(|p| p.parse::<i32>().ok());
+        let start_time = fields.next().and_then(|t| t.parse::<u64>().ok());
+        Some(match (pid, start_time) {
+            (Some(pid), Some(start_time)) if pid > 0 => Ok(PidRecord { pid, start_time }),
+            _ => Err(format!(
+                "the pidfile {} is garbage ({:?})",
+                self.pid_path().display(),
+                text.trim()
+            )),
+        })
+    }
+
+    /// Whether nobody holds the instance lock.
+    fn lock_is_free(&self) -> bool {
+        match File::open(self.lock_path()) {
+            Ok(lock) => sys::flock(&lock, Lock::SharedNow).unwrap_or(false),
+            Err(_) => true,
+        }
+    }
+
+    /// Is an instance running?
+    pub fn status(&self) -> Status {
+        if self.lock_is_free() {
+            let stale = self.read_record().map(|record| match record {
+                Ok(r) => format!("removed a stale pidfile (pid {} is not ours)", r.pid),
+                Err(garbage) => format!("removed a stale pidfile: {garbage}"),
+            });
+            return Status::NotRunning { stale };
+        }
+        match self.read_record() {
+            Some(Ok(record)) if alive(record) => Status::Running(record),
+            Some(Ok(record)) => Status::Unknown(format!(
+                "the instance lock is held, but pid {} from the pidfile is gone; \
+                 a child of the old instance may still hold it",
+                record.pid
+            )),
+            Some(Err(garbage)) => Status::Unknown(garbage),
+            None => Status::Unknown("the instance lock is held but there is no pidfile".into()),
+        }
+    }
+
+    /// Removes the pidfile.
+    pub fn forget(&self) {
+        let _ = fs::remove_file(self.pid_path());
+    }
+}
+
+/// Is `record` a live process, and the same one that was recorded?
+fn alive(record: PidRecord) -> bool {
+    match sys::kill(record.pid, 0) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        // EPERM: it exists but belongs to someone else: not ours.
+        Err(_) => return false,
+    }
+    match proc_stat(record.pid) {
+        Some((state, start_time)) => {
+            state != 'Z' && (record.start_time == 0 || record.start_time == start_time)
+        }
+        None => true,
+    }
+}
+
+/// `(state, start time)` from `/proc/PID/stat`, if /proc is mounted.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 overall is the 20th after the name.
+    let start_time = fields.get(19)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+/// The pid record for this process.
+fn own_record() -> PidRecord {
+    let pid = sys::getpid();
+    PidRecord {
+        pid,
+        start_time: proc_stat(pid).map_or(0, |(_, t)| t),
+    }
+}
+
+/// The state dir for this bundle under the chain's decision.
+pub fn state_dir(
+    bundle: &Bundle<'_>,
+    prepared_decision: &crate::cache::Decision,
+) -> Result<StateDir> {
+    crate::cache::state_dir(prepared_decision, &bundle.manifest().name)
+        .map(StateDir::new)
+        .ok_or_else(|| {
+            coded(
+                Exit::NoCacheDir,
+                format!(
+                    "no writable directory for the pidfile and log (tried {}); \
+                     set SYDNEY_BUNDLE_STATE_DIR or SYDNEY_BUNDLE_DIR",
+                    prepared_decision.refusal_summary()
+                ),
+            )
+        })
+}
+
+/// `start`: records this process as the running instance when no other
+/// holds the lock (best effort: a second foreground instance runs untracked,
+/// and so does one with no writable state dir). The returned lock must stay
+/// open across exec.
+pub fn track_foreground(bundle: &Bundle<'_>, prepared: &Prepared) -> Option<File> {
+    let state = state_dir(bundle, &prepared.decision).ok()?;
+    state.ensure().ok()?;
+    let lock = state.try_claim().ok()??;
+    state.record(own_record()).ok()?;
+    sys::keep_across_exec(&lock).ok()?;
+    Some(lock)
+}
+
+/// `daemon`: starts the entry detached and returns its pid once it runs.
+pub fn daemon(
+    bundle: &Bundle<'_>,
+    prepared: &Prepared,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> Result<i32> {
+    let name = &bundle.manifest().name;
+    let state = state_dir(bundle, &prepared.decision)?;
+    state.ensure()?;
+    let Some(lock) = state.try_claim()? else {
+        let detail = match state.status() {
+            Status::Running(r) => format!("pid {}", r.pid),
+            Status::Unknown(why) => why,
+            Status::NotRunning { .. } => "it just started".to_owned(),
+        };
+        return Err(coded(
+            Exit::AlreadyRunning,
+            format!("{name} is already running ({detail}); use `stop` or `restart`"),
+        ));
+    };
+    let log_path = state.log_path();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let stdin = null_input()?;
+    let (mut report_reader, report_writer) = io::pipe().context("cannot create a pipe")?;
+
+    // SAFETY: single-threaded here (see init.rs); the children only set up
+    // descriptors and exec, or exit.
+    match unsafe { sys::fork() }.context("cannot fork")? {
+        Forked::Child => {
+            drop(report_reader);
+            let _ = sys::setsid();
+            // SAFETY: as above.
+            match unsafe { sys::fork() } {
+                Ok(Forked::Child) => {
+                    let mut report = report_writer;
+                    let setup = sys::dup_onto(&stdin, 0)
+                        .and_then(|()| sys::dup_onto(&log, 1))
+                        .and_then(|()| sys::dup_onto(&log, 2))
+                        .and_then(|()| sys::keep_across_exec(&lock));
+                    let err = match setup {
+                        Ok(()) => launch::exec(bundle, prepared, argv, envp),
+                        Err(err) => anyhow::Error::new(err).context("cannot set up the daemon"),
+                    };
+                    let code = exit_for(&err).code();
+                    let _ = report.write_all(&[code]);
+                    let _ = report.write_all(format!("{err:#}").as_bytes());
+                    sys::exit_now(i32::from(code));
+                }
+                Ok(Forked::Parent(pid)) => {
+                    let mut report = report_writer;
+                    let _ = report.write_all(&pid.to_le_bytes());
+                    sys::exit_now(0);
+                }
+                Err(_) => sys::exit_now(1),
+            }
+        }
+        Forked::Parent(first) => {
+            drop(report_writer);
+            sys::wait_pid(first);
+            // The pipe closes on the grandchild's exec (close-on-exec), so
+            // end of file means the entry is running.
+            let mut report = Vec::new();
+            report_reader
+                .read_to_end(&mut report)
+                .context("cannot read the daemon's start report")?;
+            let Some(pid) = report
+                .get(..4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+            else {
+                anyhow::bail!("the daemon failed to start (no report)");
+            };
+            if let Some((&code, message)) = report[4..].split_first() {
+                let exit = Exit::TABLE
+                    .iter()
+                    .map(|(e, _)| *e)
+                    .find(|e| e.code() == code)
+                    .unwrap_or(Exit::Failure);
+                return Err(coded(exit, String::from_utf8_lossy(message).into_owned()));
+            }
+            state.record(PidRecord {
+                pid,
+                start_time: proc_stat(pid).map_or(0, |(_, t)| t),
+            })?;
+            drop(lock);
+            Ok(pid)
+        }
+    }
+}
+
+/// Standard input for a daemon: /dev/null, or, where there is none (an
+/// empty FROM scratch image), a pipe with no writer, which reads as empty.
+fn null_input() -> Result<File> {
+    if let Ok(null) = File::open("/dev/null") {
+        return Ok(null);
+    }
+    let (reader, writer) = io::pipe().context("cannot create a pipe")?;
+    drop(writer);
+    Ok(File::from(std::os::fd::OwnedFd::from(reader)))
+}
+
+/// `stop`: SIGTERM, wait up to `timeout`, then SIGKILL. Returns the pid stopped.
+pub fn stop(name: &str, state: &StateDir, timeout: Duration) -> Result<i32> {
+    let record = match state.status() {
+        Status::Running(record) => record,
+        Status::NotRunning { stale } => {
+            if let Some(stale) = stale {
+                state.forget();
+                note(&stale);
+            }
+            return Err(coded(Exit::NotRunning, format!("{name} is not running")));
+        }
+        Status::Unknown(why) => {
+            return Err(coded(
+                Exit::Failure,
+                format!("cannot tell which process to stop: {why}"),
+            ));
+        }
+    };
+    sys::kill(record.pid, libc::SIGTERM).context("cannot send SIGTERM")?;
+    if !wait_gone(state, record, timeout) {
+        note(&format!(
+            "pid {} did not stop within {}s of SIGTERM; sending SIGKILL",
+            record.pid,
+            timeout.as_secs()
+        ));
+        sys::kill(record.pid, libc::SIGKILL).context("cannot send SIGKILL")?;
+        if !wait_gone(state, record, Duration::from_secs(5)) {
+            anyhow::bail!("pid {} is still there after SIGKILL", record.pid);
+        }
+    }
+    state.forget();
+    Ok(record.pid)
+}
+
+/// Waits until the instance is gone: its lock released, or its pid no
+/// longer the recorded live process.
+fn wait_gone(state: &StateDir, record: PidRecord, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if state.lock_is_free() || !alive(record) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,189 @@
+//! The stub: the program at the front of every sydney bundle.
+//!
+//! It maps its own file, validates the payload, unpacks it atomically into a
+//! private content-addressed cache (once), and execs the release's entry.
+//! It also carries the lifecycle commands (`daemon`, `stop`, `pid`, ...) so
+//! that a release runs and is managed where no shell exists. See
+//! ARCHITECTURE.md for the moving parts and docs/EXIT_CODES.md for exit codes.
+
+mod cache;
+mod cli;
+mod exit;
+mod health;
+mod init;
+mod launch;
+mod lifecycle;
+mod maint;
+mod selfexe;
+mod sys;
+mod tree;
+mod ui;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use argh::FromArgs;
+use bundle_format::Bundle;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{Exit, coded, exit_for};
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let program = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sydney-bundle".to_owned());
+    ui::set_program(&program);
+
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect::<Result<_, _>>()
+    {
+        Ok(args) => args,
+        Err(bad) => {
+            ui::error(&format!("argument {bad:?} is not valid UTF-8"));
+            return ExitCode::from(Exit::Usage.code());
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cli = match Cli::from_args(&[&program], &args) {
+        Ok(cli) => cli,
+        Err(early) => return early_exit(&program, early),
+    };
+    let Some(command) = cli.command else {
+        eprintln!("{}", help(&program));
+        return ExitCode::from(Exit::Usage.code());
+    };
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            ui::error(&format!("{err:#}"));
+            ExitCode::from(exit_for(&err).code())
+        }
+    }
+}
+
+/// `--help` (exit 0) or a usage error: the message, then the usage (exit 2).
+fn early_exit(program: &str, early: argh::EarlyExit) -> ExitCode {
+    match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!("{program}: error: {}", early.output.trim_end());
+            eprintln!("{}", help(program));
+            ExitCode::from(Exit::Usage.code())
+        }
+    }
+}
+
+fn help(program: &str) -> String {
+    match Cli::from_args(&[program], &["--help"]) {
+        Err(early) => early.output,
+        Ok(_) => String::new(),
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    if let Command::Healthcheck(args) = &command {
+        // Needs nothing from the bundle: stays cheap for frequent probes.
+        let url = args.url.clone().unwrap_or_else(health::default_url);
+        if args.timeout_ms == 0 {
+            return Err(coded(Exit::Usage, "--timeout-ms must be at least 1"));
+        }
+        let timeout = Duration::from_millis(args.timeout_ms);
+        println!("{}", health::check(&url, timeout)?);
+        return Ok(());
+    }
+
+    let file = selfexe::open()?;
+    let bundle = Bundle::open(&file.map)
+        .with_context(|| format!("cannot read the bundle {}", file.path.display()))?
+        .with_page_release(sys::release_pages);
+    let name = bundle.manifest().name.clone();
+    match command {
+        Command::Version(_) => println!("{} {}", name, bundle.manifest().version),
+        Command::Start(args) => return Err(start(&bundle, &args.args, true)),
+        Command::Exec(args) => return Err(start(&bundle, &args.args, false)),
+        Command::Daemon(args) => daemon(&bundle, &args.args)?,
+        Command::Stop(args) => {
+            let state = state_for_control(&bundle)?;
+            let pid = lifecycle::stop(&name, &state, Duration::from_secs(args.timeout))?;
+            println!("stopped {name} (pid {pid})");
+        }
+        Command::Restart(args) => {
+            let state = state_for_control(&bundle)?;
+            match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
+                Ok(pid) => println!("stopped {name} (pid {pid})"),
+                Err(err) if exit_for(&err) == Exit::NotRunning => {}
+                Err(err) => return Err(err),
+            }
+            daemon(&bundle, &args.args)?;
+        }
+        Command::Pid(_) => {
+            let state = state_for_control(&bundle)?;
+            match state.status() {
+                lifecycle::Status::Running(record) => println!("{}", record.pid),
+                lifecycle::Status::NotRunning { .. } => {
+                    return Err(coded(Exit::NotRunning, format!("{name} is not running")));
+                }
+                lifecycle::Status::Unknown(why) => return Err(coded(Exit::Failure, why)),
+            }
+        }
+        Command::Inspect(args) => print!(
+            "{}",
+            maint::inspect(&bundle, &file.path, args.files, args.doctor)?
+        ),
+        Command::Verify(args) => print!("{}", maint::verify(&bundle, args.deep)?),
+        Command::Extract(args) => print!("{}", maint::extract(&bundle, Path::new(&args.dir))?),
+        Command::Clean(args) => print!("{}", maint::clean(&bundle, args.all)?),
+        Command::Healthcheck(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// `start` and `exec`: returns only on failure.
+fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyhow::Error {
+    let result = (|| {
+        let prepared = launch::prepare(bundle)?;
+        let (argv, envp) = launch::command_line(bundle, &prepared, default_args, user_args)?;
+        Ok::<_, anyhow::Error>((prepared, argv, envp))
+    })();
+    let (prepared, argv, envp) = match result {
+        Ok(ready) => ready,
+        Err(err) => return err,
+    };
+    // `exec` runs one-off commands next to a running instance: not tracked.
+    let _instance_lock = default_args
+        .then(|| lifecycle::track_foreground(bundle, &prepared))
+        .flatten();
+    if sys::getpid() == 1 && std::env::var_os("SYDNEY_BUNDLE_INIT").is_none_or(|v| v != "0") {
+        init::run(bundle, &prepared, &argv, &envp);
+    }
+    launch::exec(bundle, &prepared, &argv, &envp)
+}
+
+fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
+    let prepared = launch::prepare(bundle)?;
+    let (argv, envp) = launch::command_line(bundle, &prepared, true, user_args)?;
+    let pid = lifecycle::daemon(bundle, &prepared, &argv, &envp)?;
+    let state = lifecycle::state_dir(bundle, &prepared.decision)?;
+    println!(
+        "started {} (pid {pid}); log: {}",
+        bundle.manifest().name,
+        state.log_path().display()
+    );
+    Ok(())
+}
+
+/// The state dir for `stop`, `pid` and `restart`: the same chain walk as
+/// `start`, without creating or extracting anything.
+fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
+    let decision = maint::preview(bundle)?;
+    lifecycle::state_dir(bundle, &decision)
+}

@@ -1,0 +1,424 @@
+//! Maintenance commands: `inspect`, `verify`, `extract`, `clean`.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bundle_format::doctor::Report;
+use bundle_format::manifest::hex;
+use bundle_format::{Bundle, EntryKind, IndexEntry};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{self, Decision, Mode, Placement};
+use crate::exit::{Exit, coded};
+use crate::tree;
+
+/// What the chain would choose here, without creating anything.
+pub fn preview(bundle: &Bundle<'_>) -> Result<Decision> {
+    let candidates = cache::candidates(
+        &cache::Env::from_process(),
+        bundle.manifest().default_cache_dir.as_deref(),
+    );
+    cache::preview(&candidates, &bundle.tree_dir_name()).map_err(cache::ExplicitRefused::into_error)
+}
+
+/// `inspect`: the manifest, sizes, digest, and where it would run from.
+pub fn inspect(bundle: &Bundle<'_>, path: &Path, files: bool, doctor: bool) -> Result<String> {
+    let m = bundle.manifest();
+    let layout = bundle.layout();
+    let payload_len = bundle.payload().len() as u64;
+    let mut out = String::new();
+    let _ = writeln!(out, "bundle:      {}", path.display());
+    let _ = writeln!(out, "name:        {}", m.name);
+    let _ = writeln!(out, "version:     {}", m.version);
+    let _ = writeln!(out, "entry:       {}", m.entry);
+    let args = if m.args.is_empty() {
+        "(none)".to_owned()
+    } else {
+        m.args.join(" ")
+    };
+    let _ = writeln!(out, "args:        {args}");
+    let _ = writeln!(out, "codec:       {}", m.codec);
+    // Tenths of a percent, in integers: float formatting would add ~20 KB.
+    let permille = (payload_len * 1000).checked_div(m.tar_len).unwrap_or(0);
+    let ratio = format!("{}.{}", permille / 10, permille % 10);
+    let _ = writeln!(
+        out,
+        "payload:     {} compressed, {} as tar ({ratio}%)",
+        bytes(payload_len),
+        bytes(m.tar_len)
+    );
+    let _ = writeln!(
+        out,
+        "files:       {} entries, {} of file data",
+        m.file_count,
+        bytes(m.unpacked_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "size:        {} in all: stub {}, payload {}, metadata {}",
+        bytes(layout.trailer.index.end + bundle_format::layout::TRAILER_LEN as u64),
+        bytes(layout.stub_len),
+        bytes(payload_len),
+        bytes(
+            layout.trailer.index.end - layout.trailer.manifest.start
+                + (bundle_format::layout::TRAILER_LEN + bundle_format::layout::LEAD_IN_LEN) as u64
+        )
+    );
+    let _ = writeln!(out, "digest:      sha256:{}", hex(bundle.payload_sha256()));
+    let _ = writeln!(
+        out,
+        "needs tree:  {}",
+        if m.needs_tree { "yes" } else { "no" }
+    );
+    if let Some(dir) = &m.default_cache_dir {
+        let _ = writeln!(out, "cache default: {dir}");
+    }
+    let _ = writeln!(out, "cache:       {}", describe_placement(bundle));
+    for (key, value) in &m.build {
+        let _ = writeln!(out, "build:       {key}={value}");
+    }
+    if files {
+        out.push('\n');
+        for entry in bundle.index()?.entries {
+            let _ = writeln!(out, "{}", describe_entry(&entry));
+        }
+    }
+    if doctor {
+        out.push('\n');
+        out.push_str(&doctor_report(bundle)?.render());
+    }
+    Ok(out)
+}
+
+fn describe_placement(bundle: &Bundle<'_>) -> String {
+    let decision = match preview(bundle) {
+        Ok(decision) => decision,
+        Err(err) => return format!("{err:#}"),
+    };
+    let skipped = if decision.refusals.is_empty() {
+        String::new()
+    } else {
+        format!("; skipped {}", decision.refusal_summary())
+    };
+    match &decision.placement {
+        Placement::Root(root) => {
+            let tree = root.candidate.root.join(bundle.tree_dir_name());
+            let state = if root.warm {
+                "extracted"
+            } else {
+                "not extracted yet"
+            };
+            let mode = match root.mode {
+                Mode::Exec => "runs from the tree",
+                Mode::NoExec => "noexec mount: data files on disk, entry runs from memory",
+            };
+            format!(
+                "{} ({}; {state}; {mode}){skipped}",
+                tree.display(),
+                root.candidate.source.label()
+            )
+        }
+        Placement::Memory => format!("none usable: the entry would run from memory{skipped}"),
+    }
+}
+
+fn describe_entry(entry: &IndexEntry) -> String {
+    match entry.kind {
+        EntryKind::Dir => format!("d {:o} {:>10}  {}/", entry.mode, "", entry.path),
+        EntryKind::File => format!(
+            "f {:o} {:>10}  {}  sha256:{}",
+            entry.mode,
+            entry.size,
+            entry.path,
+            hex(&entry.sha256[..8])
+        ),
+        EntryKind::Symlink => format!(
+            "l {:o} {:>10}  {} -> {}",
+            entry.mode,
+            "",
+            entry.path,
+            entry.link.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// Largest file the doctor reads into memory.
+const DOCTOR_MAX_FILE: u64 = 512 << 20;
+
+/// Streams the (verified) payload and examines every ELF file and
+/// executable script.
+pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
+    bundle.verify_payload()?;
+    let mut report = Report::default();
+    let mut archive = tar::Archive::new(bundle.tar_stream()?);
+    for item in archive.entries().context("cannot read the payload")? {
+        let mut item = item.context("cannot read the payload")?;
+        if item.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = String::from_utf8_lossy(&item.path_bytes()).into_owned();
+        let executable = item.header().mode().unwrap_or(0) & 0o111 != 0;
+        let mut head = vec![0u8; 256];
+        let n = read_up_to(&mut item, &mut head)?;
+        head.truncate(n);
+        if Report::wants_whole_file(&head) && item.size() <= DOCTOR_MAX_FILE {
+            item.read_to_end(&mut head)
+                .with_context(|| format!("cannot read {path} from the payload"))?;
+        }
+        report.add(&path, executable, &head);
+    }
+    Ok(report)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// `verify`: the payload digest; with `deep`, also the extracted tree.
+pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
+    bundle.verify_payload()?;
+    let index = bundle.index()?;
+    let mut out = format!(
+        "payload ok: sha256:{} ({} entries)\n",
+        hex(bundle.payload_sha256()),
+        index.entries.len()
+    );
+    if !deep {
+        return Ok(out);
+    }
+    let decision = preview(bundle)?;
+    let tree = decision
+        .root()
+        .filter(|root| root.warm)
+        .map(|root| root.candidate.root.join(bundle.tree_dir_name()))
+        .ok_or_else(|| {
+            coded(
+                Exit::TreeMismatch,
+                "no extracted tree here to compare (it is created by `start`, `daemon` or `exec`)",
+            )
+        })?;
+    let problems = compare_tree(&tree, &index.entries)?;
+    let _ = writeln!(out, "tree: {}", tree.display());
+    let mut failed = false;
+    for problem in &problems {
+        failed |= !problem.starts_with("extra:");
+        let _ = writeln!(out, "{problem}");
+    }
+    if failed {
+        return Err(coded(
+            Exit::TreeMismatch,
+            format!(
+                "{}the extracted tree differs from the bundle; run `clean --all` and start again",
+                out
+            ),
+        ));
+    }
+    out.push_str("tree ok: every file matches\n");
+    Ok(out)
+}
+
+/// Lists `missing:`, `changed:` and `extra:` lines for `tree`.
+fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut known: HashSet<PathBuf> = HashSet::new();
+    for entry in entries {
+        let path = tree.join(&entry.path);
+        known.insert(path.clone());
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(_) => {
+                problems.push(format!("missing: {}", entry.path));
+                continue;
+            }
+        };
+        let changed = match entry.kind {
+            EntryKind::Dir => (!meta.is_dir()).then_some("not a directory"),
+            EntryKind::Symlink => {
+                let target = fs::read_link(&path).ok();
+                (target.as_deref() != entry.link.as_deref().map(Path::new))
+                    .then_some("symlink target differs")
+            }
+            EntryKind::File if !meta.is_file() => Some("not a regular file"),
+            EntryKind::File if meta.len() != entry.size => Some("size differs"),
+            EntryKind::File
+                if (meta.permissions().mode() & 0o100 != 0) != (entry.mode & 0o100 != 0) =>
+            {
+                Some("exec bit differs")
+            }
+            EntryKind::File => {
+                let digest = sha256_file(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                (digest != entry.sha256).then_some("content differs")
+            }
+        };
+        if let Some(why) = changed {
+            problems.push(format!("changed: {} ({why})", entry.path));
+        }
+    }
+    let mut stack = vec![tree.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = item?.path();
+            if path == tree.join(tree::MARKER) {
+                continue;
+            }
+            if !known.contains(&path) {
+                problems.push(format!(
+                    "extra: {}",
+                    path.strip_prefix(tree).unwrap_or(&path).display()
+                ));
+            } else if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// `extract DIR`: unpacks into a new directory, atomically.
+pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
+    let empty_existing = match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(coded(
+                    Exit::Failure,
+                    format!(
+                        "{} exists and is not empty; choose a new directory",
+                        dir.display()
+                    ),
+                ));
+            }
+            true
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+        Err(err) => {
+            return Err(anyhow::Error::new(err).context(format!("cannot use {}", dir.display())));
+        }
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dir.file_name().ok_or_else(|| {
+        coded(
+            Exit::Usage,
+            format!("{} has no directory name", dir.display()),
+        )
+    })?;
+    let temp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    let stats = match bundle.unpack_verified(&temp) {
+        Ok(stats) => stats,
+        Err(err) => {
+            tree::remove_tree(&temp);
+            return Err(
+                anyhow::Error::new(err).context(format!("cannot extract into {}", dir.display()))
+            );
+        }
+    };
+    if empty_existing {
+        let _ = fs::remove_dir(dir);
+    }
+    if let Err(err) = fs::rename(&temp, dir) {
+        tree::remove_tree(&temp);
+        return Err(
+            anyhow::Error::new(err).context(format!("cannot rename into {}", dir.display()))
+        );
+    }
+    Ok(format!(
+        "extracted {} entries ({}) to {}\n",
+        stats.entries(),
+        bytes(stats.bytes),
+        dir.display()
+    ))
+}
+
+/// `clean`: housekeeping in every cache root of the chain that exists.
+pub fn clean(bundle: &Bundle<'_>, all: bool) -> Result<String> {
+    let manifest = bundle.manifest();
+    let candidates = cache::candidates(
+        &cache::Env::from_process(),
+        manifest.default_cache_dir.as_deref(),
+    );
+    let current = bundle.tree_dir_name();
+    let mut out = String::new();
+    let mut removed = 0;
+    for candidate in candidates {
+        let Ok(meta) = fs::symlink_metadata(&candidate.root) else {
+            continue;
+        };
+        if cache::check_private(&meta).is_err() {
+            continue;
+        }
+        let (current, keep) = if all {
+            (None, 0)
+        } else {
+            (Some(current.as_str()), tree::KEEP_OLDER)
+        };
+        let report = tree::housekeeping(&candidate.root, &manifest.name, current, keep);
+        for path in report.temps_removed.iter().chain(&report.trees_removed) {
+            let _ = writeln!(out, "removed {}", path.display());
+            removed += 1;
+        }
+        for path in &report.in_use {
+            let _ = writeln!(out, "kept {} (in use by a running process)", path.display());
+        }
+    }
+    if removed == 0 {
+        out.push_str("nothing to clean\n");
+    }
+    Ok(out)
+}
+
+/// `1,234,567 bytes` style sizes.
+fn bytes(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out + " bytes"
+}
+
+/// SHA-256 of a file's contents.
+fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hasher.finalize().into()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_are_grouped() {
+        assert_eq!(super::bytes(0), "0 bytes");
+        assert_eq!(super::bytes(999), "999 bytes");
+        assert_eq!(super::bytes(1000), "1,000 bytes");
+        assert_eq!(super::bytes(1234567), "1,234,567 bytes");
+    }
+}

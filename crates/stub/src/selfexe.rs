@@ -1,0 +1,64 @@
+//! Finding and mapping the bundle file we are running from.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use memmap2::Mmap;
+
+/// The bundle file, mapped read-only.
+#[derive(Debug)]
+pub struct SelfFile {
+    /// How we found it (for messages).
+    pub path: PathBuf,
+    /// The whole file.
+    pub map: Mmap,
+}
+
+/// Opens the running executable: `/proc/self/exe`, else the path the kernel
+/// recorded at exec (`AT_EXECFN`, present without /proc), else `argv[0]`
+/// (searched in `PATH` when it has no slash).
+pub fn open() -> Result<SelfFile> {
+    let mut tried = Vec::new();
+    for candidate in candidates() {
+        match File::open(&candidate) {
+            Ok(file) => {
+                // Name the real file in messages, not /proc/self/exe.
+                let shown = std::fs::read_link(&candidate).unwrap_or(candidate);
+                return map(file, shown);
+            }
+            Err(err) => tried.push(format!("{}: {err}", candidate.display())),
+        }
+    }
+    anyhow::bail!(
+        "cannot find the bundle file to read its payload (tried {}); run it by its path",
+        tried.join("; ")
+    )
+}
+
+fn candidates() -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from("/proc/self/exe")];
+    if let Some(path) = crate::sys::exec_path_from_auxv() {
+        out.push(path);
+    }
+    if let Some(argv0) = std::env::args_os().next().map(PathBuf::from) {
+        if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
+            out.push(argv0);
+        } else if let Some(paths) = std::env::var_os("PATH") {
+            out.extend(std::env::split_paths(&paths).map(|dir| dir.join(&argv0)));
+        }
+    }
+    out
+}
+
+fn map(file: File, path: PathBuf) -> Result<SelfFile> {
+    // SAFETY: the map is read-only and private. Undefined behaviour would
+    // need the file to change while mapped; it is the executable this process
+    // is running, which Linux refuses to open for writing or truncate while
+    // it runs (ETXTBSY), and updates by rename leave our inode intact. Every
+    // offset we read is first checked against the map's length
+    // (bundle_format::layout::locate), so no read goes past the end.
+    let map =
+        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    Ok(SelfFile { path, map })
+}

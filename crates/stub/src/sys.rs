@@ -1,0 +1,356 @@
+//! Thin, safe wrappers over the few Linux system calls std does not offer.
+//! Every `unsafe` block in the stub lives here, each with its reasoning.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// This process's id.
+pub fn getpid() -> i32 {
+    std::process::id() as i32
+}
+
+/// Mount flags of the file system holding `path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountFlags {
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Mounted noexec.
+    pub no_exec: bool,
+}
+
+/// Reads the mount flags of the file system that holds `path`.
+pub fn mount_flags(path: &Path) -> io::Result<MountFlags> {
+    let path = cstring(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `buf` points to
+    // writable memory of the right size, which statvfs fills on success.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), buf.as_mut_ptr()) })?;
+    // SAFETY: statvfs returned 0, so it initialised `buf`.
+    let buf = unsafe { buf.assume_init() };
+    Ok(MountFlags {
+        read_only: buf.f_flag & libc::ST_RDONLY != 0,
+        no_exec: buf.f_flag & libc::ST_NOEXEC != 0,
+    })
+}
+
+/// `access(path, W_OK | X_OK)`: can this user create entries in `path`?
+pub fn can_write_dir(path: &Path) -> bool {
+    let Ok(path) = cstring(path) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// An advisory lock operation.
+#[derive(Debug, Clone, Copy)]
+pub enum Lock {
+    /// Shared lock, waiting for it.
+    Shared,
+    /// Exclusive lock, failing at once if held elsewhere.
+    ExclusiveNow,
+    /// Shared lock, failing at once if an exclusive lock is held.
+    SharedNow,
+}
+
+/// Takes an flock(2) lock on `fd`. Returns `Ok(false)` when a non-blocking
+/// attempt finds the lock held elsewhere.
+pub fn flock(fd: &impl AsRawFd, lock: Lock) -> io::Result<bool> {
+    let op = match lock {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::ExclusiveNow => libc::LOCK_EX | libc::LOCK_NB,
+        Lock::SharedNow => libc::LOCK_SH | libc::LOCK_NB,
+    };
+    loop {
+        // SAFETY: flock on a descriptor we own has no memory-safety preconditions.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+            Ok(_) => return Ok(true),
+            Err(err) if err.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(false),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Lets `fd` survive exec (clears FD_CLOEXEC), so the lock it holds lives as
+/// long as the program we exec.
+pub fn keep_across_exec(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFD/F_SETFD on a descriptor we own only change its flags.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFD))?;
+        cvt(libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+    }
+    Ok(())
+}
+
+/// Creates an anonymous, executable in-memory file (`memfd_create`).
+pub fn memfd_exec(name: &str) -> io::Result<File> {
+    let name = CString::new(name).unwrap_or_default();
+    // MFD_EXEC (Linux 6.3+) asks for an executable memfd explicitly, which
+    // hosts with vm.memfd_noexec=1 require; older kernels reject the flag,
+    // so retry without it.
+    const MFD_EXEC: libc::c_uint = 0x0010;
+    for flags in [libc::MFD_CLOEXEC | MFD_EXEC, libc::MFD_CLOEXEC] {
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: memfd_create returned a new descriptor that we own.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// What to exec.
+#[derive(Debug)]
+pub enum ExecTarget<'a> {
+    /// A path on a file system that allows exec.
+    Path(&'a Path),
+    /// An open file (a memfd), executed with `execveat(fd, "", AT_EMPTY_PATH)`,
+    /// which needs no /proc.
+    Fd(RawFd),
+}
+
+/// Replaces this process with `target`. Returns only on failure.
+pub fn exec(target: ExecTarget<'_>, argv: &[CString], envp: &[CString]) -> io::Error {
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    match target {
+        ExecTarget::Path(path) => {
+            let path = match cstring(path) {
+                Ok(path) => path,
+                Err(err) => return err,
+            };
+            // SAFETY: all pointers are to NUL-terminated strings owned by
+            // this frame, and both arrays end with a null pointer.
+            unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+        }
+        ExecTarget::Fd(fd) => {
+            let empty = c"";
+            // SAFETY: as above; `fd` is an open descriptor and AT_EMPTY_PATH
+            // makes the kernel execute it directly.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    empty.as_ptr(),
+                    argv_ptrs.as_ptr(),
+                    envp_ptrs.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+        }
+    }
+    io::Error::last_os_error()
+}
+
+/// The path this program was executed as (`getauxval(AT_EXECFN)`), which the
+/// kernel provides even when /proc is not mounted.
+pub fn exec_path_from_auxv() -> Option<std::path::PathBuf> {
+    // SAFETY: getauxval has no preconditions; AT_EXECFN, when present, points
+    // to the NUL-terminated path on the initial stack, valid for the whole
+    // life of the process.
+    let ptr = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: see above.
+    let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
+    Some(Path::new(OsStr::from_bytes(bytes)).to_owned())
+}
+
+/// The result of a fork, seen from one side.
+#[derive(Debug)]
+pub enum Forked {
+    /// We are the parent; this is the child's pid.
+    Parent(i32),
+    /// We are the child.
+    Child,
+}
+
+/// Forks this process.
+///
+/// # Safety
+///
+/// The caller must be single-threaded, or must only call async-signal-safe
+/// functions in the child before exec or `_exit`.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller upholds the threading contract above.
+    let pid = cvt(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid)
+    })
+}
+
+/// Ends the process at once, without running destructors or flushing stdio
+/// buffers (the right way to leave a forked child that failed to exec).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Starts a new session (detaches from the controlling terminal).
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Makes `target` (0, 1 or 2) refer to the same file as `fd`.
+pub fn dup_onto(fd: &impl AsRawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 between two valid descriptors; the old `target` is closed
+    // atomically, which is what we want for stdio.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// Sends `signal` to `pid`. `Ok(false)` if the process does not exist.
+pub fn kill(pid: i32, signal: i32) -> io::Result<bool> {
+    // SAFETY: kill has no memory-safety preconditions.
+    match cvt(unsafe { libc::kill(pid, signal) }) {
+        Ok(_) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Blocks every signal in this thread and returns the previous mask.
+pub fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: sigfillset/pthread_sigmask only write to the sigset_t values
+    // we pass, which live on this stack frame.
+    unsafe {
+        let mut all = std::mem::zeroed::<libc::sigset_t>();
+        let mut old = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+/// Restores a signal mask saved by [`block_all_signals`].
+pub fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is a valid sigset_t.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    }
+}
+
+/// Waits for any signal (all must be blocked) and returns its number.
+pub fn wait_for_signal() -> i32 {
+    // SAFETY: sigfillset writes to our local set; sigwaitinfo writes the
+    // signal's details to `info`, which is large enough.
+    unsafe {
+        let mut all = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut all);
+        let mut info = std::mem::zeroed::<libc::siginfo_t>();
+        loop {
+            let signal = libc::sigwaitinfo(&all, &mut info);
+            if signal > 0 {
+                return signal;
+            }
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl ChildExit {
+    /// The shell-style exit status: the code, or 128 + the signal.
+    pub fn status(self) -> i32 {
+        match self {
+            ChildExit::Code(code) => code,
+            ChildExit::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// Reaps one exited child without waiting, if any: `(pid, how)`.
+pub fn reap_any() -> Option<(i32, ChildExit)> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status to our local integer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
+    }
+    let how = if libc::WIFSIGNALED(status) {
+        ChildExit::Signal(libc::WTERMSIG(status))
+    } else {
+        ChildExit::Code(libc::WEXITSTATUS(status))
+    };
+    Some((pid, how))
+}
+
+/// Waits for the child `pid` to end, reaping it.
+pub fn wait_pid(pid: i32) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status to our local integer.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return;
+    }
+}
+
+/// Drops the pages of `bytes` (part of a read-only, private file mapping)
+/// from this process's resident set. They stay in the page cache and are
+/// read back transparently if touched again. Only whole pages inside the
+/// slice are released.
+pub fn release_pages(bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+    let end = (bytes.as_ptr() as usize + bytes.len()) & !(PAGE - 1);
+    if end > start {
+        // SAFETY: [start, end) lies within `bytes`, which is part of a
+        // read-only private file mapping. MADV_DONTNEED on such a mapping
+        // only drops our page-table entries; later reads fault the same file
+        // contents back in, so every reference into the map stays valid.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}

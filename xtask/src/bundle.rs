@@ -1,0 +1,149 @@
+//! `cargo xtask bundle`: the workspace into `target/bundle/sydney-bundle`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bundle_format::Codec;
+use bundle_format::codec::default_level;
+use bundle_format::pack::PackOptions;
+
+use crate::pack;
+use crate::toolchain::Toolchain;
+use crate::util::{self, command};
+
+/// The codec `bundle` uses unless told otherwise; chosen by measurement
+/// (docs/BENCHMARKS.md, "Codec").
+pub const DEFAULT_CODEC: Codec = Codec::Gzip;
+
+/// What `bundle` built.
+#[derive(Debug)]
+pub struct Built {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// The release folder that was packed.
+    pub release: PathBuf,
+    /// The static server.
+    pub server: PathBuf,
+    /// The version packed.
+    pub version: String,
+}
+
+/// Where the bundle goes by default.
+pub fn default_out() -> PathBuf {
+    util::target_dir().join("bundle").join("sydney-bundle")
+}
+
+/// Builds the server and stub statically, assembles the release folder,
+/// packs it, and prints a size table.
+pub fn bundle(codec: Codec, out: &Path) -> Result<Built> {
+    let toolchain = Toolchain::detect()?;
+    let server = toolchain.build_server()?;
+    let stub = toolchain.build_stub(codec)?;
+    let release = util::target_dir().join("bundle").join("release");
+    assemble_release(&server, &release)?;
+    let version = server_version(&release.join("bin/sydney"))?;
+
+    let options = PackOptions {
+        name: "sydney".to_owned(),
+        version: version.clone(),
+        entry: "bin/sydney".to_owned(),
+        args: Vec::new(),
+        codec,
+        level: default_level(codec),
+        needs_tree: false,
+        default_cache_dir: None,
+        mtime: util::source_date_epoch()?,
+        build: build_metadata(&toolchain)?,
+    };
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let stub_bytes = fs::read(&stub)?;
+    let report = pack::pack(&release, &stub_bytes, &options, out)?;
+
+    let server_len = fs::metadata(&server)?.len();
+    let rows = [
+        ("server (bin/sydney)", server_len),
+        ("stub", report.stub_len),
+        ("payload, uncompressed tar", report.manifest.tar_len),
+        ("payload, compressed", report.payload_len),
+        ("bundle", report.bundle_len),
+    ];
+    println!("| {:<28} | {:>10} |", "part", "bytes");
+    println!("|{:-<30}|{:->12}|", "", "");
+    for (what, len) in rows {
+        println!("| {what:<28} | {:>10} |", util::grouped(len));
+    }
+    println!(
+        "\n{} ({} {}, {}, {})",
+        out.display(),
+        report.manifest.codec,
+        options.level,
+        toolchain.target,
+        if toolchain.build_std {
+            "std rebuilt"
+        } else {
+            "prebuilt std"
+        }
+    );
+    Ok(Built {
+        bundle: out.to_owned(),
+        release,
+        server,
+        version,
+    })
+}
+
+/// `bin/sydney` and `etc/sydney.toml`, nothing else: the server needs no
+/// other file, and the config is optional.
+fn assemble_release(server: &Path, release: &Path) -> Result<()> {
+    if release.exists() {
+        fs::remove_dir_all(release)
+            .with_context(|| format!("cannot clear {}", release.display()))?;
+    }
+    fs::create_dir_all(release.join("bin"))?;
+    fs::create_dir_all(release.join("etc"))?;
+    let bin = release.join("bin/sydney");
+    fs::copy(server, &bin)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    let config = util::root().join("crates/sydney/etc/sydney.toml");
+    fs::copy(&config, release.join("etc/sydney.toml"))
+        .with_context(|| format!("cannot copy {}", config.display()))?;
+    Ok(())
+}
+
+/// Asks the server itself (`sydney --version` prints `sydney X.Y.Z`).
+fn server_version(server: &Path) -> Result<String> {
+    let out = util::stdout(command(server).arg("--version"))?;
+    match out.split_whitespace().collect::<Vec<_>>()[..] {
+        ["sydney", version] => Ok(version.to_owned()),
+        _ => bail!("unexpected `sydney --version` output: {out:?}"),
+    }
+}
+
+/// Facts recorded in the manifest: enough to rebuild the same bytes.
+fn build_metadata(toolchain: &Toolchain) -> Result<Vec<(String, String)>> {
+    let mut build = vec![
+        ("rustc".to_owned(), toolchain.rustc_version.clone()),
+        ("target".to_owned(), toolchain.target.to_owned()),
+        (
+            "std".to_owned(),
+            if toolchain.build_std {
+                "rebuilt"
+            } else {
+                "prebuilt"
+            }
+            .to_owned(),
+        ),
+        (
+            "source_date_epoch".to_owned(),
+            util::source_date_epoch()?.to_string(),
+        ),
+    ];
+    if let Ok(commit) = util::stdout(command("git").args(["rev-parse", "HEAD"])) {
+        build.push(("git_commit".to_owned(), commit.trim().to_owned()));
+    }
+    Ok(build)
+}

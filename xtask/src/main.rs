@@ -1,0 +1,183 @@
+//! Project automation, run as `cargo xtask <task>` (the cargo-xtask
+//! pattern: see `.cargo/config.toml`). One module per task.
+
+mod bundle;
+mod docker;
+mod pack;
+mod test;
+mod toolchain;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use argh::FromArgs;
+use bundle_format::Codec;
+use bundle_format::pack::PackOptions;
+
+/// sydney-bundle project tasks.
+#[derive(FromArgs, Debug)]
+struct Xtask {
+    #[argh(subcommand)]
+    task: Task,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Task {
+    Bundle(BundleArgs),
+    Pack(PackArgs),
+    Docker(DockerArgs),
+    Test(TestArgs),
+}
+
+/// Build the server and stub statically and pack them into
+/// target/bundle/sydney-bundle.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "bundle",
+    example = "cargo xtask bundle\ncargo xtask bundle --codec zstd --out /tmp/sydney-bundle"
+)]
+struct BundleArgs {
+    /// payload codec: gzip (default) or zstd
+    #[argh(option, from_str_fn(parse_codec))]
+    codec: Option<Codec>,
+    /// output file (default target/bundle/sydney-bundle)
+    #[argh(option)]
+    out: Option<PathBuf>,
+}
+
+/// Pack any release folder into one executable file.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "pack",
+    example = "cargo xtask pack _build/prod/rel/my_app --entry bin/my_app --arg start \\\n    --name my_app --version 0.1.0 --out my_app-bundle",
+    note = "The folder's files, exec bits and in-tree symlinks are packed; symlinks leaving the \
+            folder, devices, sockets and fifos are refused. Output is byte-for-byte reproducible \
+            (entry mtimes come from SOURCE_DATE_EPOCH, else 0)."
+)]
+struct PackArgs {
+    /// the release folder
+    #[argh(positional)]
+    dir: PathBuf,
+    /// the program to run, relative to the folder (e.g. bin/my_app)
+    #[argh(option)]
+    entry: String,
+    /// bundle name (letters, digits, . _ + -)
+    #[argh(option)]
+    name: String,
+    /// bundle version (same alphabet)
+    #[argh(option)]
+    version: String,
+    /// an argument always passed to the entry before the user's (repeatable)
+    #[argh(option)]
+    arg: Vec<String>,
+    /// output file
+    #[argh(option)]
+    out: PathBuf,
+    /// payload codec: gzip (default) or zstd
+    #[argh(option, from_str_fn(parse_codec))]
+    codec: Option<Codec>,
+    /// compression level (gzip 1-9, zstd 1-19; default the highest)
+    #[argh(option)]
+    level: Option<u32>,
+    /// the entry cannot run without its extracted tree: fail clearly instead
+    /// of running it from memory when nothing is writable
+    #[argh(switch)]
+    needs_tree: bool,
+    /// cache root to try after SYDNEY_BUNDLE_DIR (absolute path)
+    #[argh(option)]
+    cache_dir: Option<String>,
+    /// stub executable to use (default: this workspace's, built if needed)
+    #[argh(option)]
+    stub: Option<PathBuf>,
+}
+
+/// Build the bundle, then the FROM scratch image sydney:VERSION and sydney:latest.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "docker")]
+struct DockerArgs {
+    /// payload codec: gzip (default) or zstd
+    #[argh(option, from_str_fn(parse_codec))]
+    codec: Option<Codec>,
+}
+
+/// Build the static bundle and stubs, then run every test against them.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "test")]
+struct TestArgs {
+    /// extra arguments for `cargo test` (e.g. a test name filter)
+    #[argh(positional, greedy)]
+    args: Vec<String>,
+}
+
+fn parse_codec(value: &str) -> Result<Codec, String> {
+    Codec::from_name(value).ok_or_else(|| format!("unknown codec {value:?}: use gzip or zstd"))
+}
+
+fn main() -> ExitCode {
+    let xtask: Xtask = argh::from_env();
+    match run(xtask.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Bundle(args) => {
+            let out = args.out.unwrap_or_else(bundle::default_out);
+            bundle::bundle(args.codec.unwrap_or(bundle::DEFAULT_CODEC), &out)?;
+        }
+        Task::Pack(args) => {
+            let codec = args.codec.unwrap_or(bundle::DEFAULT_CODEC);
+            let level = args
+                .level
+                .unwrap_or(bundle_format::codec::default_level(codec));
+            let max = bundle_format::codec::max_level(codec);
+            if !(1..=max).contains(&level) {
+                bail!("--level {level} is out of range for {codec} (1 to {max})");
+            }
+            let source = match args.stub {
+                Some(path) => pack::StubSource::File(path),
+                None => pack::StubSource::Workspace,
+            };
+            let stub = pack::stub_bytes(&source, codec)?;
+            let options = PackOptions {
+                name: args.name,
+                version: args.version,
+                entry: args.entry,
+                args: args.arg,
+                codec,
+                level,
+                needs_tree: args.needs_tree,
+                default_cache_dir: args.cache_dir,
+                mtime: util::source_date_epoch()?,
+                build: vec![(
+                    "packer".to_owned(),
+                    format!(
+                        "cargo xtask pack (bundle-format {})",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                )],
+            };
+            let report = pack::pack(&args.dir, &stub, &options, &args.out)?;
+            pack::print_summary(&args.out, &report);
+        }
+        Task::Docker(args) => {
+            let built = bundle::bundle(
+                args.codec.unwrap_or(bundle::DEFAULT_CODEC),
+                &bundle::default_out(),
+            )?;
+            docker::build_image(&built.version)?;
+        }
+        Task::Test(args) => test::run(&args.args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `cargo xtask test`: the README's test command.
+//!
+//! Builds what the end-to-end tests run for real (the static bundle, both
+//! stub variants, the static server), then runs `cargo test --workspace`
+//! with their paths in the environment. Nothing is skipped: a test that
+//! needs something missing fails and says what.
+
+use anyhow::Result;
+use bundle_format::Codec;
+
+use crate::bundle;
+use crate::toolchain::Toolchain;
+use crate::util::{self, command};
+
+/// Builds the artifacts, then runs the tests.
+pub fn run(extra: &[String]) -> Result<()> {
+    let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out())?;
+    let toolchain = Toolchain::detect()?;
+    let gzip = toolchain.build_stub(Codec::Gzip)?;
+    let zstd = toolchain.build_stub(Codec::Zstd)?;
+    let mut cargo = command(util::cargo());
+    cargo
+        .args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .env("SYDNEY_TEST_BUNDLE", &built.bundle)
+        .env("SYDNEY_TEST_RELEASE", &built.release)
+        .env("SYDNEY_TEST_SERVER", &built.server)
+        .env("SYDNEY_TEST_STUB_GZIP", gzip)
+        .env("SYDNEY_TEST_STUB_ZSTD", zstd);
+    util::run(&mut cargo)
+}

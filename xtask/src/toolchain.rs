@@ -1,0 +1,211 @@
+//! Building the static, size-tuned server and stubs that go into bundles.
+//!
+//! Target: `x86_64-unknown-linux-musl` (installed with rustup if missing),
+//! else `x86_64-unknown-linux-gnu` with `+crt-static`. Both give a static
+//! executable that runs on any x86_64 Linux.
+//!
+//! Standard library: rebuilt from source with the release profile and
+//! without its backtrace printer (`-Zbuild-std`, enabled on this stable
+//! toolchain by `RUSTC_BOOTSTRAP=1`). That takes about 320 KB off each of the
+//! two executables (docs/BENCHMARKS.md). It needs the `rust-src` component;
+//! without it we fall back to the prebuilt std and say so.
+//!
+//! Paths are remapped so the output does not depend on where the checkout,
+//! cargo home or toolchain live: the same commit and toolchain give the same
+//! bytes (docs/REPRODUCIBLE.md).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bundle_format::Codec;
+
+use crate::util::{self, command};
+
+/// The preferred target.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The fallback target (linked with `+crt-static`).
+pub const GNU: &str = "x86_64-unknown-linux-gnu";
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    /// The target triple.
+    pub target: &'static str,
+    /// Rebuild std from source (smaller binaries).
+    pub build_std: bool,
+    /// `rustc -V`, recorded in the bundle's build metadata.
+    pub rustc_version: String,
+}
+
+impl Toolchain {
+    /// Finds (and installs, where rustup can) what a static build needs.
+    pub fn detect() -> Result<Toolchain> {
+        let rustc_version = util::stdout(command("rustc").arg("-V"))
+            .context("cannot run rustc")?
+            .trim()
+            .to_owned();
+        let target = if ensure_target(MUSL) {
+            MUSL
+        } else {
+            eprintln!(
+                "note: the {MUSL} target is not available; building for {GNU} with +crt-static instead"
+            );
+            GNU
+        };
+        let build_std = ensure_rust_src();
+        if !build_std {
+            eprintln!(
+                "note: the rust-src component is not available; using the prebuilt standard \
+                 library, which makes the server and stub about 320 KB larger each"
+            );
+        }
+        Ok(Toolchain {
+            target,
+            build_std,
+            rustc_version,
+        })
+    }
+
+    /// The cargo target directory for these builds (kept apart from the
+    /// normal one: different flags would otherwise rebuild everything twice).
+    pub fn target_dir(&self) -> PathBuf {
+        util::target_dir().join("bundle-build")
+    }
+
+    /// Builds `bin` of `package` with cargo profile `profile` and `features`
+    /// (default features off) and returns the executable's path.
+    pub fn build(
+        &self,
+        package: &str,
+        bin: &str,
+        profile: &str,
+        features: &[&str],
+    ) -> Result<PathBuf> {
+        let mut cargo = command(util::cargo());
+        cargo
+            .args([
+                "build",
+                "--profile",
+                profile,
+                "--locked",
+                "--package",
+                package,
+            ])
+            .args(["--bin", bin, "--target", self.target])
+            .arg("--target-dir")
+            .arg(self.target_dir())
+            .arg("--no-default-features");
+        if !features.is_empty() {
+            cargo.arg("--features").arg(features.join(","));
+        }
+        if self.build_std {
+            cargo
+                .arg("-Zbuild-std=std,panic_abort")
+                .arg("-Zbuild-std-features=")
+                .env("RUSTC_BOOTSTRAP", "1");
+        }
+        cargo.env("RUSTFLAGS", self.rustflags()?);
+        // A developer's own flags would change the bytes.
+        cargo.env_remove("CARGO_ENCODED_RUSTFLAGS");
+        util::run(&mut cargo)?;
+        Ok(self.target_dir().join(self.target).join(profile).join(bin))
+    }
+
+    fn rustflags(&self) -> Result<String> {
+        // With panic=abort and no backtraces, unwind tables are dead weight
+        // (about 40 KB per executable); panic messages still print.
+        let mut flags = vec!["-Cforce-unwind-tables=no".to_owned()];
+        if self.target == GNU {
+            flags.push("-Ctarget-feature=+crt-static".to_owned());
+        }
+        let sysroot = util::stdout(command("rustc").args(["--print", "sysroot"]))?;
+        let remaps = [
+            (util::root(), "/sydney-bundle"),
+            (cargo_home(), "/cargo"),
+            (PathBuf::from(sysroot.trim()), "/rustc"),
+        ];
+        for (from, to) in remaps {
+            let from = from.display().to_string();
+            if from.contains(' ') {
+                eprintln!("note: {from} contains a space; it is not remapped");
+                continue;
+            }
+            flags.push(format!("--remap-path-prefix={from}={to}"));
+        }
+        Ok(flags.join(" "))
+    }
+
+    /// Builds the stub that decodes `codec` only.
+    pub fn build_stub(&self, codec: Codec) -> Result<PathBuf> {
+        let built = self.build("bundle-stub", "bundle-stub", "stub", &[codec.name()])?;
+        // The next build with another codec overwrites the same path.
+        let kept = stub_path(codec);
+        copy_file(&built, &kept)?;
+        Ok(kept)
+    }
+
+    /// Builds the server.
+    pub fn build_server(&self) -> Result<PathBuf> {
+        self.build("sydney", "sydney", "release", &[])
+    }
+}
+
+/// Where the stub for `codec` is kept between builds.
+pub fn stub_path(codec: Codec) -> PathBuf {
+    util::target_dir()
+        .join("bundle")
+        .join("stubs")
+        .join(format!("bundle-stub-{}", codec.name()))
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn rustup_lists(args: &[&str], wanted: &str) -> bool {
+    util::stdout(command("rustup").args(args))
+        .map(|out| {
+            out.lines()
+                .any(|l| l.trim() == wanted || l.starts_with(&format!("{wanted} ")))
+        })
+        .unwrap_or(false)
+}
+
+/// Is the target installed? If not, try `rustup target add`.
+fn ensure_target(target: &str) -> bool {
+    if rustup_lists(&["target", "list", "--installed"], target) {
+        return true;
+    }
+    if !util::have("rustup") {
+        return false;
+    }
+    eprintln!("note: installing the {target} target with rustup");
+    util::run(command("rustup").args(["target", "add", target])).is_ok()
+}
+
+/// Is rust-src installed? If not, try `rustup component add`.
+fn ensure_rust_src() -> bool {
+    let installed = |out: &str| out.lines().any(|l| l.starts_with("rust-src"));
+    if util::stdout(command("rustup").args(["component", "list", "--installed"]))
+        .is_ok_and(|out| installed(&out))
+    {
+        return true;
+    }
+    if !util::have("rustup") {
+        return false;
+    }
+    eprintln!("note: installing the rust-src component with rustup (for a smaller build)");
+    util::run(command("rustup").args(["component", "add", "rust-src"])).is_ok()
+}
