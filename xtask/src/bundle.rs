@@ -37,8 +37,11 @@ pub fn default_out() -> PathBuf {
 
 /// Builds the server and stub statically, assembles the release folder,
 /// packs it, and prints a size table.
-pub fn bundle(codec: Codec, out: &Path) -> Result<Built> {
-    let toolchain = Toolchain::detect()?;
+pub fn bundle(codec: Codec, out: &Path, build_dir: Option<&Path>) -> Result<Built> {
+    let mut toolchain = Toolchain::detect()?;
+    if let Some(dir) = build_dir {
+        toolchain.target_dir = dir.to_owned();
+    }
     let server = toolchain.build_server()?;
     let stub = toolchain.build_stub(codec)?;
     let release = util::target_dir().join("bundle").join("release");

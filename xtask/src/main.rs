@@ -47,6 +47,10 @@ struct BundleArgs {
     /// output file (default target/bundle/sydney-bundle)
     #[argh(option)]
     out: Option<PathBuf>,
+    /// cargo target directory for the static builds (default
+    /// target/bundle-build; a fresh one gives a clean rebuild)
+    #[argh(option)]
+    build_dir: Option<PathBuf>,
 }
 
 /// Pack any release folder into one executable file.
@@ -133,7 +137,11 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Bundle(args) => {
             let out = args.out.unwrap_or_else(bundle::default_out);
-            bundle::bundle(args.codec.unwrap_or(bundle::DEFAULT_CODEC), &out)?;
+            bundle::bundle(
+                args.codec.unwrap_or(bundle::DEFAULT_CODEC),
+                &out,
+                args.build_dir.as_deref(),
+            )?;
         }
         Task::Pack(args) => {
             let codec = args.codec.unwrap_or(bundle::DEFAULT_CODEC);
@@ -174,6 +182,7 @@ fn run(task: Task) -> Result<()> {
             let built = bundle::bundle(
                 args.codec.unwrap_or(bundle::DEFAULT_CODEC),
                 &bundle::default_out(),
+                None,
             )?;
             docker::build_image(&built.version)?;
         }

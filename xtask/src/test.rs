@@ -14,7 +14,7 @@ use crate::util::{self, command};
 
 /// Builds the artifacts, then runs the tests.
 pub fn run(extra: &[String]) -> Result<()> {
-    let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out())?;
+    let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
     let toolchain = Toolchain::detect()?;
     let gzip = toolchain.build_stub(Codec::Gzip)?;
     let zstd = toolchain.build_stub(Codec::Zstd)?;

@@ -35,6 +35,8 @@ pub struct Toolchain {
     pub build_std: bool,
     /// `rustc -V`, recorded in the bundle's build metadata.
     pub rustc_version: String,
+    /// The cargo target directory for these builds.
+    pub target_dir: PathBuf,
 }
 
 impl Toolchain {
@@ -63,13 +65,14 @@ impl Toolchain {
             target,
             build_std,
             rustc_version,
+            target_dir: default_target_dir(),
         })
     }
 
     /// The cargo target directory for these builds (kept apart from the
     /// normal one: different flags would otherwise rebuild everything twice).
     pub fn target_dir(&self) -> PathBuf {
-        util::target_dir().join("bundle-build")
+        self.target_dir.clone()
     }
 
     /// Builds `bin` of `package` with cargo profile `profile` and `features`
@@ -119,8 +122,11 @@ impl Toolchain {
             flags.push("-Ctarget-feature=+crt-static".to_owned());
         }
         let sysroot = util::stdout(command("rustc").args(["--print", "sysroot"]))?;
+        // The last matching prefix wins, so the target dir (often inside
+        // the checkout) comes after the checkout.
         let remaps = [
             (util::root(), "/sydney-bundle"),
+            (self.target_dir(), "/target"),
             (cargo_home(), "/cargo"),
             (PathBuf::from(sysroot.trim()), "/rustc"),
         ];
@@ -148,6 +154,11 @@ impl Toolchain {
     pub fn build_server(&self) -> Result<PathBuf> {
         self.build("sydney", "sydney", "release", &[])
     }
+}
+
+/// `target/bundle-build`.
+pub fn default_target_dir() -> PathBuf {
+    util::target_dir().join("bundle-build")
 }
 
 /// Where the stub for `codec` is kept between builds.

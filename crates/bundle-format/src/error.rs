@@ -16,14 +16,17 @@ pub enum FormatError {
     )]
     NoPayload,
 
-    /// The lead-in says the bundle is longer than the file.
+    /// The file ends before the bundle does.
     #[error(
-        "truncated bundle: the file has {actual} bytes but the bundle is {expected} bytes \
-         long; copy the complete file again"
+        "truncated bundle: the file has {actual} bytes{}; copy the complete file again",
+        match expected {
+            Some(expected) => format!(" but the bundle is {expected} bytes long"),
+            None => " and ends inside the bundle's lead-in".to_owned(),
+        }
     )]
     Truncated {
-        /// Length recorded at pack time.
-        expected: u64,
+        /// Length recorded at pack time, if the lead-in survived.
+        expected: Option<u64>,
         /// Length of the file on disk.
         actual: u64,
     },
@@ -102,8 +105,9 @@ pub enum FormatError {
         reason: String,
     },
 
-    /// An I/O error on a named path.
-    #[error("{action} {path}: {source}")]
+    /// An I/O error on a named path. (The cause is the error's `source`,
+    /// printed by reporters that walk the chain.)
+    #[error("{action} {path}")]
     Io {
         /// What was being done, e.g. `cannot create`.
         action: &'static str,

@@ -261,13 +261,20 @@ fn diagnose_missing_trailer(file: &[u8], stub_image_len: Option<u64>) -> FormatE
     if file_len < stub_len {
         // Even the executable part is cut short.
         return FormatError::Truncated {
-            expected: stub_len,
+            expected: None,
             actual: file_len,
         };
     }
-    match file.get(stub_len as usize..).and_then(LeadIn::decode) {
+    let after_stub = &file[stub_len as usize..];
+    if after_stub.len() < LEAD_IN_LEN && MAGIC.starts_with(&after_stub[..after_stub.len().min(8)]) {
+        return FormatError::Truncated {
+            expected: None,
+            actual: file_len,
+        };
+    }
+    match LeadIn::decode(after_stub) {
         Some(Ok(lead_in)) if lead_in.bundle_len > file_len => FormatError::Truncated {
-            expected: lead_in.bundle_len,
+            expected: Some(lead_in.bundle_len),
             actual: file_len,
         },
         Some(Ok(lead_in)) if lead_in.bundle_len < file_len => FormatError::TrailingData {
@@ -378,17 +385,19 @@ mod tests {
         for cut in [96usize, 100, file.len() - 1] {
             match locate_with(&file[..cut], |_| Some(64)) {
                 Err(FormatError::Truncated { expected, actual }) => {
-                    assert_eq!(expected, file.len() as u64);
+                    assert_eq!(expected, Some(file.len() as u64));
                     assert_eq!(actual, cut as u64);
                 }
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }
-        // Truncated inside the stub itself.
-        assert!(matches!(
-            locate_with(&file[..10], |_| Some(64)),
-            Err(FormatError::Truncated { expected: 64, .. })
-        ));
+        // Truncated inside the stub itself, or inside the lead-in.
+        for cut in [10, 65, 70] {
+            assert!(matches!(
+                locate_with(&file[..cut], |_| Some(64)),
+                Err(FormatError::Truncated { expected: None, .. })
+            ));
+        }
         // Without a known stub length the best we can say is "bad magic".
         assert!(matches!(
             locate_with(&file[..100], |_| None),

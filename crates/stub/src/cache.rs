@@ -162,8 +162,31 @@ pub struct Refusal {
     pub candidate: Candidate,
     /// Why it was not used, in words.
     pub reason: String,
-    /// The refusal is about safety (owner, mode, symlink), not capability.
-    pub unsafe_dir: bool,
+    /// What kind of problem it is.
+    pub kind: Problem,
+}
+
+/// Kinds of refusal, which decide the exit code when the user named the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Someone else could tamper with it (owner, mode, symlink).
+    Unsafe,
+    /// Permission denied or read-only.
+    Denied,
+    /// No space left.
+    Full,
+    /// Anything else (missing parent, not a directory, ...).
+    Unusable,
+}
+
+impl Problem {
+    fn of(err: &io::Error) -> Problem {
+        match err.raw_os_error() {
+            Some(libc::EROFS | libc::EACCES | libc::EPERM) => Problem::Denied,
+            Some(libc::ENOSPC | libc::EDQUOT) => Problem::Full,
+            _ => Problem::Unusable,
+        }
+    }
 }
 
 /// The result of walking the chain.
@@ -212,15 +235,16 @@ impl ExplicitRefused {
     /// The error reported to the user, with its exit code.
     pub fn into_error(self) -> anyhow::Error {
         let r = self.refusal;
-        let exit = if r.unsafe_dir {
-            crate::exit::Exit::UnsafeCacheDir
-        } else {
-            crate::exit::Exit::NoCacheDir
+        let exit = match r.kind {
+            Problem::Unsafe => crate::exit::Exit::UnsafeCacheDir,
+            Problem::Denied => crate::exit::Exit::PermissionDenied,
+            Problem::Full => crate::exit::Exit::DiskFull,
+            Problem::Unusable => crate::exit::Exit::NoCacheDir,
         };
         crate::exit::coded(
             exit,
             format!(
-                "cannot use SYDNEY_BUNDLE_DIR={}: it {}",
+                "cannot use SYDNEY_BUNDLE_DIR={}: {}",
                 r.candidate.root.display(),
                 r.reason
             ),
@@ -255,15 +279,15 @@ fn walk(
     let mut noexec_fallback = None;
     for candidate in candidates.iter().filter(|c| !skip.contains(&c.root)) {
         let explicit = candidate.source == Source::Explicit;
-        let refuse = |reason: String, unsafe_dir: bool| Refusal {
+        let refuse = |reason: String, kind: Problem| Refusal {
             candidate: candidate.clone(),
             reason,
-            unsafe_dir,
+            kind,
         };
         let state = match prepare(candidate, create) {
             Ok(state) => state,
-            Err((reason, unsafe_dir)) => {
-                let refusal = refuse(reason, unsafe_dir);
+            Err((reason, kind)) => {
+                let refusal = refuse(reason, kind);
                 if explicit {
                     return Err(ExplicitRefused { refusal });
                 }
@@ -294,7 +318,7 @@ fn walk(
             } else {
                 "not writable by this user"
             };
-            let refusal = refuse(reason.to_owned(), false);
+            let refusal = refuse(reason.to_owned(), Problem::Denied);
             if explicit {
                 return Err(ExplicitRefused { refusal });
             }
@@ -305,7 +329,7 @@ fn walk(
             if noexec_fallback.is_none() {
                 noexec_fallback = Some(chosen(mode, warm));
             }
-            refusals.push(refuse("mounted noexec".to_owned(), false));
+            refusals.push(refuse("mounted noexec".to_owned(), Problem::Unusable));
             continue;
         }
         return Ok(Decision {
@@ -332,11 +356,12 @@ struct RootState {
 }
 
 /// Creates the root if needed (and `create`) and checks it is safe. On
-/// refusal returns the reason and whether it is a safety problem.
-fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, bool)> {
+/// refusal returns the reason and its kind.
+fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, Problem)> {
     let root = &candidate.root;
+    let io_refusal = |err: io::Error| (describe_io(&err), Problem::of(&err));
     if !root.is_absolute() {
-        return Err(("not an absolute path".to_owned(), false));
+        return Err(("it is not an absolute path".to_owned(), Problem::Unusable));
     }
     let meta = match fs::symlink_metadata(root) {
         Ok(meta) => meta,
@@ -344,13 +369,13 @@ fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, bo
             return preview_missing(root);
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            create_root(candidate).map_err(|err| (describe_io(&err), false))?;
-            fs::symlink_metadata(root).map_err(|err| (describe_io(&err), false))?
+            create_root(candidate).map_err(io_refusal)?;
+            fs::symlink_metadata(root).map_err(io_refusal)?
         }
-        Err(err) => return Err((describe_io(&err), false)),
+        Err(err) => return Err(io_refusal(err)),
     };
-    check_private(&meta).map_err(|reason| (reason, true))?;
-    let flags = sys::mount_flags(root).map_err(|err| (describe_io(&err), false))?;
+    check_private(&meta).map_err(|reason| (reason, Problem::Unsafe))?;
+    let flags = sys::mount_flags(root).map_err(io_refusal)?;
     Ok(RootState {
         read_only: flags.read_only,
         no_exec: flags.no_exec,
@@ -359,13 +384,13 @@ fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, bo
 }
 
 /// A root that does not exist yet: judge it by its nearest existing ancestor.
-fn preview_missing(root: &Path) -> Result<RootState, (String, bool)> {
+fn preview_missing(root: &Path) -> Result<RootState, (String, Problem)> {
     let ancestor = root
         .ancestors()
         .skip(1)
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
-    let flags = sys::mount_flags(ancestor).map_err(|err| (describe_io(&err), false))?;
+    let flags = sys::mount_flags(ancestor).map_err(|err| (describe_io(&err), Problem::of(&err)))?;
     Ok(RootState {
         read_only: flags.read_only,
         no_exec: flags.no_exec,
@@ -376,22 +401,24 @@ fn preview_missing(root: &Path) -> Result<RootState, (String, bool)> {
 /// Refuses roots that someone else could tamper with.
 pub fn check_private(meta: &fs::Metadata) -> Result<(), String> {
     if meta.file_type().is_symlink() {
-        return Err("is a symlink; refusing a link someone may have planted".to_owned());
+        return Err(
+            "it is a symlink, which someone may have planted; use a real directory".to_owned(),
+        );
     }
     if !meta.is_dir() {
-        return Err("is not a directory".to_owned());
+        return Err("it is not a directory".to_owned());
     }
     let uid = sys::geteuid();
     if meta.uid() != uid {
         return Err(format!(
-            "is owned by uid {}, not by this user (uid {uid}); remove it or choose another directory",
+            "it is owned by uid {}, not by this user (uid {uid}); remove it or choose another directory",
             meta.uid()
         ));
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(format!(
-            "is writable by group or others (mode {mode:o}); run chmod 700 on it"
+            "it is writable by group or others (mode {mode:o}); run chmod 700 on it"
         ));
     }
     Ok(())
@@ -515,7 +542,7 @@ mod tests {
 
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         let err = choose(&explicit(&root), "t", &[]).unwrap_err();
-        assert!(err.refusal.unsafe_dir);
+        assert_eq!(err.refusal.kind, Problem::Unsafe);
         assert!(err.refusal.reason.contains("writable by group or others"));
 
         let link = base.path().join("link");

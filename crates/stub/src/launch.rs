@@ -123,14 +123,18 @@ fn extract_into(bundle: &Bundle<'_>, root: &Path) -> Result<Tree, FormatError> {
 
 fn extraction_error(err: FormatError, candidate: &cache::Candidate) -> anyhow::Error {
     let root = candidate.root.display();
-    let hint = match err.kind() {
-        ErrorKind::NoSpace => {
-            "; free some space or point SYDNEY_BUNDLE_DIR at a file system with room"
-        }
-        ErrorKind::PermissionDenied => "; point SYDNEY_BUNDLE_DIR at a directory you can write",
-        _ => "",
+    let message = match err.kind() {
+        ErrorKind::NoSpace => format!(
+            "disk full: cannot extract the payload into {root}; free some space or point \
+             SYDNEY_BUNDLE_DIR at a file system with room"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "permission denied: cannot extract the payload into {root}; point \
+             SYDNEY_BUNDLE_DIR at a directory you can write"
+        ),
+        _ => format!("cannot extract the payload into {root}"),
     };
-    anyhow::Error::new(err).context(format!("cannot extract the payload into {root}{hint}"))
+    anyhow::Error::new(err).context(message)
 }
 
 /// Says once, on stderr, when the chain fell back from its first choice.

@@ -1,13 +1,16 @@
 //! `daemon`, `stop`, `restart`, `pid`: a mix-release style lifecycle that
 //! needs no shell.
 //!
-//! The state directory holds `lock`, `pid` and `log`. A running instance
-//! holds an exclusive flock on `lock` through a descriptor that survives
-//! exec; the kernel drops it when the process exits, however it exits. So
-//! "is it running?" is answered by the lock, not by trusting a pid: a stale
-//! pidfile (dead process, or a pid reused by an unrelated one) is detected
-//! exactly and never signalled. Where /proc exists, the pid's start time is
-//! checked too.
+//! The state directory holds `pid` (pid and kernel start time of the
+//! running instance), `lock`, `claim.lock` and `log`.
+//!
+//! The pidfile is the authority, checked against the process table: a pid
+//! that is gone, a zombie, or (where /proc exists) a process with another
+//! start time is stale, and is never signalled. Without /proc start times
+//! cannot be read, so the instance also holds an flock on `lock` through a
+//! descriptor that survives exec; there, a pid counts as ours only while
+//! that lock is held. `claim.lock` is held only while `daemon` or `start`
+//! registers an instance, so two of them cannot both register.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -47,11 +50,8 @@ pub enum Status {
         /// What the leftover pidfile said.
         stale: Option<String>,
     },
-    /// An instance holds the lock and its pid checks out.
+    /// The recorded process runs and is ours.
     Running(PidRecord),
-    /// Something holds the lock but the pidfile does not name a live
-    /// process of ours: we cannot tell what to signal.
-    Unknown(String),
 }
 
 impl StateDir {
@@ -84,29 +84,45 @@ impl StateDir {
         crate::cache::check_private(&meta).map_err(|reason| {
             coded(
                 Exit::UnsafeCacheDir,
-                format!("the state directory {} {reason}", self.dir.display()),
+                format!(
+                    "cannot use the state directory {}: {reason}",
+                    self.dir.display()
+                ),
             )
         })
     }
 
-    /// Takes the instance lock if nobody holds it. Retries briefly, because
-    /// `pid` or `stop` in another process may be probing it this instant.
-    pub fn try_claim(&self) -> Result<Option<File>> {
-        let path = self.lock_path();
-        let lock = OpenOptions::new()
+    fn open_lock(path: &PathBuf) -> Result<File> {
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        for _ in 0..20 {
-            if sys::flock(&lock, Lock::ExclusiveNow)? {
-                return Ok(Some(lock));
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// Serialises registration: held (never inherited) while one `daemon`
+    /// or `start` checks for a running instance and records itself.
+    pub fn registration(&self) -> Result<File> {
+        let claim = Self::open_lock(&self.dir.join("claim.lock"))?;
+        sys::flock(&claim, Lock::Exclusive)?;
+        Ok(claim)
+    }
+
+    /// The instance lock for a new instance, to be kept across exec. Leftover
+    /// children of a dead instance may still hold the old one (they inherited
+    /// it); a fresh lock file then replaces it.
+    pub fn instance_lock(&self) -> Result<File> {
+        let path = self.lock_path();
+        let lock = Self::open_lock(&path)?;
+        if sys::flock(&lock, Lock::ExclusiveNow)? {
+            return Ok(lock);
         }
-        Ok(None)
+        let _ = fs::remove_file(&path);
+        let lock = Self::open_lock(&path)?;
+        sys::flock(&lock, Lock::ExclusiveNow)?;
+        Ok(lock)
     }
 
     /// Writes the pidfile atomically (temp file, then rename).
@@ -143,44 +159,46 @@ impl StateDir {
 
     /// Is an instance running?
     pub fn status(&self) -> Status {
-        if self.lock_is_free() {
-            let stale = self.read_record().map(|record| match record {
-                Ok(r) => format!("removed a stale pidfile (pid {} is not ours)", r.pid),
-                Err(garbage) => format!("removed a stale pidfile: {garbage}"),
-            });
-            return Status::NotRunning { stale };
+        let record = match self.read_record() {
+            None => return Status::NotRunning { stale: None },
+            Some(Err(garbage)) => {
+                return Status::NotRunning {
+                    stale: Some(format!("removed a stale pidfile: {garbage}")),
+                };
+            }
+            Some(Ok(record)) => record,
+        };
+        if self.is_ours(record) {
+            Status::Running(record)
+        } else {
+            Status::NotRunning {
+                stale: Some(format!(
+                    "removed a stale pidfile (pid {} is gone or is not ours)",
+                    record.pid
+                )),
+            }
         }
-        match self.read_record() {
-            Some(Ok(record)) if alive(record) => Status::Running(record),
-            Some(Ok(record)) => Status::Unknown(format!(
-                "the instance lock is held, but pid {} from the pidfile is gone; \
-                 a child of the old instance may still hold it",
-                record.pid
-            )),
-            Some(Err(garbage)) => Status::Unknown(garbage),
-            None => Status::Unknown("the instance lock is held but there is no pidfile".into()),
+    }
+
+    /// Is `record` a live process, and the one that was recorded?
+    fn is_ours(&self, record: PidRecord) -> bool {
+        // EPERM: it exists but belongs to another user: not ours.
+        if !sys::kill(record.pid, 0).unwrap_or(false) {
+            return false;
+        }
+        match proc_stat(record.pid) {
+            Some((state, start_time)) if record.start_time != 0 => {
+                state != 'Z' && start_time == record.start_time
+            }
+            Some(('Z', _)) => false,
+            // No start time to compare: the instance lock decides.
+            _ => !self.lock_is_free(),
         }
     }
 
     /// Removes the pidfile.
     pub fn forget(&self) {
         let _ = fs::remove_file(self.pid_path());
-    }
-}
-
-/// Is `record` a live process, and the same one that was recorded?
-fn alive(record: PidRecord) -> bool {
-    match sys::kill(record.pid, 0) {
-        Ok(true) => {}
-        Ok(false) => return false,
-        // EPERM: it exists but belongs to someone else: not ours.
-        Err(_) => return false,
-    }
-    match proc_stat(record.pid) {
-        Some((state, start_time)) => {
-            state != 'Z' && (record.start_time == 0 || record.start_time == start_time)
-        }
-        None => true,
     }
 }
 
@@ -224,14 +242,18 @@ pub fn state_dir(
         })
 }
 
-/// `start`: records this process as the running instance when no other
-/// holds the lock (best effort: a second foreground instance runs untracked,
-/// and so does one with no writable state dir). The returned lock must stay
-/// open across exec.
+/// `start`: records this process as the running instance unless another
+/// runs (best effort: a second foreground instance runs untracked, and so
+/// does one with no writable state dir). The returned lock must stay open
+/// across exec.
 pub fn track_foreground(bundle: &Bundle<'_>, prepared: &Prepared) -> Option<File> {
     let state = state_dir(bundle, &prepared.decision).ok()?;
     state.ensure().ok()?;
-    let lock = state.try_claim().ok()??;
+    let _registering = state.registration().ok()?;
+    if let Status::Running(_) = state.status() {
+        return None;
+    }
+    let lock = state.instance_lock().ok()?;
     state.record(own_record()).ok()?;
     sys::keep_across_exec(&lock).ok()?;
     Some(lock)
@@ -247,17 +269,24 @@ pub fn daemon(
     let name = &bundle.manifest().name;
     let state = state_dir(bundle, &prepared.decision)?;
     state.ensure()?;
-    let Some(lock) = state.try_claim()? else {
-        let detail = match state.status() {
-            Status::Running(r) => format!("pid {}", r.pid),
-            Status::Unknown(why) => why,
-            Status::NotRunning { .. } => "it just started".to_owned(),
-        };
-        return Err(coded(
-            Exit::AlreadyRunning,
-            format!("{name} is already running ({detail}); use `stop` or `restart`"),
-        ));
-    };
+    let _registering = state.registration()?;
+    match state.status() {
+        Status::Running(record) => {
+            return Err(coded(
+                Exit::AlreadyRunning,
+                format!(
+                    "{name} is already running (pid {}); use `stop` or `restart`",
+                    record.pid
+                ),
+            ));
+        }
+        Status::NotRunning { stale: Some(why) } => {
+            state.forget();
+            note(&why);
+        }
+        Status::NotRunning { stale: None } => {}
+    }
+    let lock = state.instance_lock()?;
     let log_path = state.log_path();
     let log = OpenOptions::new()
         .create(true)
@@ -354,12 +383,6 @@ pub fn stop(name: &str, state: &StateDir, timeout: Duration) -> Result<i32> {
             }
             return Err(coded(Exit::NotRunning, format!("{name} is not running")));
         }
-        Status::Unknown(why) => {
-            return Err(coded(
-                Exit::Failure,
-                format!("cannot tell which process to stop: {why}"),
-            ));
-        }
     };
     sys::kill(record.pid, libc::SIGTERM).context("cannot send SIGTERM")?;
     if !wait_gone(state, record, timeout) {
@@ -377,12 +400,11 @@ pub fn stop(name: &str, state: &StateDir, timeout: Duration) -> Result<i32> {
     Ok(record.pid)
 }
 
-/// Waits until the instance is gone: its lock released, or its pid no
-/// longer the recorded live process.
+/// Waits until the recorded process is gone.
 fn wait_gone(state: &StateDir, record: PidRecord, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if state.lock_is_free() || !alive(record) {
+        if !state.is_ours(record) {
             return true;
         }
         if Instant::now() >= deadline {

@@ -132,7 +132,6 @@ fn run(command: Command) -> Result<()> {
                 lifecycle::Status::NotRunning { .. } => {
                     return Err(coded(Exit::NotRunning, format!("{name} is not running")));
                 }
-                lifecycle::Status::Unknown(why) => return Err(coded(Exit::Failure, why)),
             }
         }
         Command::Inspect(args) => print!(

@@ -70,6 +70,8 @@ pub fn can_write_dir(path: &Path) -> bool {
 pub enum Lock {
     /// Shared lock, waiting for it.
     Shared,
+    /// Exclusive lock, waiting for it.
+    Exclusive,
     /// Exclusive lock, failing at once if held elsewhere.
     ExclusiveNow,
     /// Shared lock, failing at once if an exclusive lock is held.
@@ -81,6 +83,7 @@ pub enum Lock {
 pub fn flock(fd: &impl AsRawFd, lock: Lock) -> io::Result<bool> {
     let op = match lock {
         Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
         Lock::ExclusiveNow => libc::LOCK_EX | libc::LOCK_NB,
         Lock::SharedNow => libc::LOCK_SH | libc::LOCK_NB,
     };

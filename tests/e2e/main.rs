@@ -1,0 +1,11 @@
+//! End-to-end tests, one binary (see `tests/harness` for the harness).
+//! Run them with `cargo xtask test`, which builds the static artifacts first.
+
+mod anywhere;
+mod docker;
+mod doctor;
+mod errors;
+mod lifecycle;
+mod mix;
+mod repro;
+mod run;

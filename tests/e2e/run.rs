@@ -1,0 +1,332 @@
+//! Pack, then run: the sydney release and synthetic releases, cold and warm
+//! starts, concurrency, crashes during extraction, and housekeeping.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use e2e::bundle_format::Codec;
+use e2e::*;
+
+const START: Duration = Duration::from_secs(20);
+
+#[test]
+fn sydney_bundle_serves_both_routes_and_exports_its_environment() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let server = Server::start(
+        sandbox
+            .command(&bundle)
+            .args(["start", "--", "--port", "0", "--bind", "127.0.0.1"]),
+        START,
+    );
+    assert_eq!(server.get("/"), (200, "Ok".to_owned()));
+    assert_eq!(server.get("/404"), (404, "Page not found".to_owned()));
+    assert_eq!(server.get("/nope"), (404, "Page not found".to_owned()));
+    let (trees, temps) = cache_contents(&sandbox.cache());
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].starts_with("sydney-0.1.0-"), "{trees:?}");
+    assert!(temps.is_empty());
+    // The extracted tree holds the release.
+    let tree = sandbox.cache().join(&trees[0]);
+    assert!(tree.join("bin/sydney").is_file());
+    assert!(tree.join("etc/sydney.toml").is_file());
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    run(sandbox.command(&bundle).arg("version"))
+        .expect_success()
+        .expect_stdout("sydney 0.1.0\n");
+}
+
+#[test]
+fn warm_start_reuses_the_tree_and_does_not_touch_it() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let args = ["start", "--", "--port", "0", "--bind", "127.0.0.1"];
+    drop(Server::start(sandbox.command(&bundle).args(args), START));
+    let (trees, _) = cache_contents(&sandbox.cache());
+    let marker = sandbox.cache().join(&trees[0]).join(".sydney-bundle");
+    let before = fs::metadata(&marker).unwrap().modified().unwrap();
+    let server = Server::start(sandbox.command(&bundle).args(args), START);
+    assert_eq!(server.get("/"), (200, "Ok".to_owned()));
+    assert_eq!(fs::metadata(&marker).unwrap().modified().unwrap(), before);
+    assert_eq!(cache_contents(&sandbox.cache()).0, trees);
+}
+
+/// A release with nested folders, exec bits, in-tree symlinks and a script
+/// entry that reports what it sees.
+fn synthetic_release(dir: &std::path::Path) {
+    write_exec(
+        &dir.join("bin/real-entry"),
+        "#!/bin/sh\n\
+         echo \"root=$BUNDLE_ROOT name=$BUNDLE_NAME version=$BUNDLE_VERSION\"\n\
+         echo \"args=$*\"\n\
+         cat \"$BUNDLE_ROOT/share/data/hello.txt\"\n\
+         test -x \"$BUNDLE_ROOT/lib/tool\" && echo tool-is-executable\n\
+         test -x \"$BUNDLE_ROOT/share/data/hello.txt\" || echo data-is-not-executable\n\
+         readlink \"$BUNDLE_ROOT/share/latest\"\n",
+    );
+    std::os::unix::fs::symlink("real-entry", dir.join("bin/entry")).unwrap();
+    write_exec(&dir.join("lib/tool"), "#!/bin/sh\necho tool\n");
+    fs::create_dir_all(dir.join("share/data")).unwrap();
+    fs::write(dir.join("share/data/hello.txt"), "hello from the payload\n").unwrap();
+    std::os::unix::fs::symlink("data/hello.txt", dir.join("share/latest")).unwrap();
+    fs::create_dir_all(dir.join("empty")).unwrap();
+}
+
+#[test]
+fn synthetic_release_runs_with_symlinks_exec_bits_args_and_env() {
+    for codec in [Codec::Gzip, Codec::Zstd] {
+        let sandbox = Sandbox::new();
+        let release = sandbox.join("release");
+        synthetic_release(&release);
+        let mut options = pack_options("synth", "bin/entry", codec);
+        options.args = vec!["default-arg".to_owned()];
+        let bundle = sandbox.join("synth");
+        pack(&release, &options, &bundle);
+        let ran = run(sandbox
+            .command(&bundle)
+            .args(["start", "--", "user-arg", "--flag"]));
+        ran.expect_success()
+            .expect_stdout("name=synth version=1.0.0")
+            .expect_stdout("args=default-arg user-arg --flag")
+            .expect_stdout("hello from the payload")
+            .expect_stdout("tool-is-executable")
+            .expect_stdout("data-is-not-executable")
+            .expect_stdout("data/hello.txt");
+        let root = ran
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("root="))
+            .and_then(|l| l.split(' ').next())
+            .unwrap()
+            .to_owned();
+        assert!(
+            root.starts_with(&sandbox.cache().display().to_string()),
+            "{root}"
+        );
+        assert!(std::path::Path::new(&root).join("empty").is_dir());
+
+        // `exec` passes exactly the given arguments, without the defaults.
+        run(sandbox.command(&bundle).args(["exec", "--", "only"]))
+            .expect_success()
+            .expect_stdout("args=only\n");
+    }
+}
+
+#[test]
+fn entry_exit_code_is_the_process_exit_code() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("release");
+    write_exec(&release.join("bin/fail"), "#!/bin/sh\nexit 42\n");
+    let bundle = sandbox.join("fail");
+    pack(
+        &release,
+        &pack_options("fail", "bin/fail", Codec::Gzip),
+        &bundle,
+    );
+    run(sandbox.command(&bundle).arg("start")).expect_code(42);
+}
+
+#[test]
+fn sixteen_simultaneous_cold_starts_share_one_tree() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let mut children = Vec::new();
+    for _ in 0..16 {
+        let mut command = sandbox.command(&bundle);
+        command.args(["start", "--", "--port", "0", "--bind", "127.0.0.1"]);
+        children.push(std::thread::spawn(move || {
+            Server::start(&mut command, Duration::from_secs(60))
+        }));
+    }
+    let servers: Vec<Server> = children.into_iter().map(|c| c.join().unwrap()).collect();
+    for server in &servers {
+        assert_eq!(server.get("/"), (200, "Ok".to_owned()));
+    }
+    let (trees, temps) = cache_contents(&sandbox.cache());
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(temps.is_empty(), "leftovers: {temps:?}");
+}
+
+/// A release big enough that extraction takes a while: the sydney server
+/// plus 48 MB of incompressible data.
+fn big_release(dir: &std::path::Path) {
+    copy_release(dir);
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for i in 0..48 {
+        let mut data = vec![0u8; 1 << 20];
+        for chunk in data.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes());
+        }
+        let path = dir.join(format!("data/blob-{i:02}"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_extraction_then_a_start_succeeds_and_cleans_up() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("release");
+    big_release(&release);
+    let bundle = sandbox.join("big");
+    let mut options = pack_options("big", "bin/sydney", Codec::Gzip);
+    options.level = 1;
+    pack(&release, &options, &bundle);
+
+    let mut first = sandbox
+        .command(&bundle)
+        .args(["start", "--", "--port", "0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "a temp dir to appear", || {
+        !cache_contents(&sandbox.cache()).1.is_empty()
+    });
+    kill(first.id() as i32, SIGKILL);
+    first.wait().unwrap();
+    let (trees, temps) = cache_contents(&sandbox.cache());
+    assert!(
+        trees.is_empty(),
+        "a killed extraction left a tree: {trees:?}"
+    );
+    assert_eq!(temps.len(), 1, "{temps:?}");
+
+    let server = Server::start(
+        sandbox
+            .command(&bundle)
+            .args(["start", "--", "--port", "0", "--bind", "127.0.0.1"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(server.get("/"), (200, "Ok".to_owned()));
+    let (trees, temps) = cache_contents(&sandbox.cache());
+    assert_eq!(trees.len(), 1);
+    assert!(
+        temps.is_empty(),
+        "the crash leftover was not removed: {temps:?}"
+    );
+}
+
+#[test]
+fn older_versions_are_collected_unless_in_use() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("release");
+    write_exec(
+        &release.join("bin/run"),
+        "#!/bin/sh\nexec sleep \"${1:-0}\"\n",
+    );
+    let bundle_for = |version: &str| {
+        let path = sandbox.join(&format!("app-{version}"));
+        let mut options = pack_options("app", "bin/run", Codec::Gzip);
+        options.version = version.to_owned();
+        pack(&release, &options, &path);
+        path
+    };
+    // v1 keeps running (holding its tree); v2..v5 run once and exit.
+    let v1 = bundle_for("1");
+    let mut running = sandbox
+        .command(&v1)
+        .args(["start", "--", "30"])
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "v1's tree", || {
+        cache_contents(&sandbox.cache()).0.len() == 1
+    });
+    for version in ["2", "3", "4", "5"] {
+        std::thread::sleep(Duration::from_millis(20));
+        run(sandbox.command(bundle_for(version)).arg("start")).expect_success();
+    }
+    let (trees, _) = cache_contents(&sandbox.cache());
+    let versions: Vec<&str> = trees.iter().map(|t| t.split('-').nth(1).unwrap()).collect();
+    // Newest (5) plus two older (4, 3) kept; 2 collected; 1 kept, in use.
+    assert_eq!(versions, ["1", "3", "4", "5"], "{trees:?}");
+    kill(running.id() as i32, SIGKILL);
+    running.wait().unwrap();
+
+    // `clean` now removes v1 (no longer in use) but keeps the newest few;
+    // `clean --all` removes them all.
+    run(sandbox.command(bundle_for("5")).arg("clean")).expect_success();
+    let (trees, _) = cache_contents(&sandbox.cache());
+    assert_eq!(trees.len(), 3, "{trees:?}");
+    run(sandbox.command(bundle_for("5")).args(["clean", "--all"])).expect_success();
+    assert!(cache_contents(&sandbox.cache()).0.is_empty());
+}
+
+#[test]
+fn extract_unpacks_into_a_new_directory_and_refuses_a_full_one() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let dest = sandbox.join("out");
+    run(sandbox
+        .command(&bundle)
+        .args(["extract", dest.to_str().unwrap()]))
+    .expect_success()
+    .expect_stdout("extracted 4 entries");
+    assert_eq!(
+        fs::metadata(dest.join("bin/sydney"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o111,
+        0o111
+    );
+    run(sandbox
+        .command(&bundle)
+        .args(["extract", dest.to_str().unwrap()]))
+    .expect_code(1)
+    .expect_stderr("not empty")
+    .expect_one_line_error();
+    // No partial directories next to it.
+    assert_eq!(
+        Sandbox::list(sandbox.path()),
+        ["home", "out", "sydney-bundle"]
+    );
+}
+
+#[test]
+fn inspect_and_verify_describe_the_bundle() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let ran = run(sandbox.command(&bundle).arg("inspect"));
+    ran.expect_success()
+        .expect_stdout("name:        sydney")
+        .expect_stdout("entry:       bin/sydney")
+        .expect_stdout("codec:       gzip")
+        .expect_stdout("digest:      sha256:")
+        .expect_stdout("not extracted yet");
+    run(sandbox.command(&bundle).args(["inspect", "--files"]))
+        .expect_success()
+        .expect_stdout("bin/sydney")
+        .expect_stdout("etc/sydney.toml");
+    run(sandbox.command(&bundle).arg("verify"))
+        .expect_success()
+        .expect_stdout("payload ok");
+    // --deep needs a tree; make one, then damage it.
+    run(sandbox.command(&bundle).args(["verify", "--deep"])).expect_code(6);
+    drop(Server::start(
+        sandbox
+            .command(&bundle)
+            .args(["start", "--", "--port", "0"]),
+        START,
+    ));
+    run(sandbox.command(&bundle).args(["verify", "--deep"]))
+        .expect_success()
+        .expect_stdout("tree ok");
+    let tree = sandbox.cache().join(&cache_contents(&sandbox.cache()).0[0]);
+    fs::write(tree.join("etc/sydney.toml"), "# edited\n").unwrap();
+    fs::remove_file(tree.join("bin/sydney")).unwrap();
+    fs::write(tree.join("stray"), "x").unwrap();
+    run(sandbox.command(&bundle).args(["verify", "--deep"]))
+        .expect_code(6)
+        .expect_stderr("missing: bin/sydney")
+        .expect_stderr("changed: etc/sydney.toml")
+        .expect_stderr("extra: stray");
+}
