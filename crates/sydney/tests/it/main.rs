@@ -1,0 +1,10 @@
+//! Integration tests: the real `sydney` binary, spoken to over TCP.
+//!
+//! One test binary (cargo builds and links it once); `harness` starts the
+//! server with a clean environment on a free port and explains failures.
+
+mod config;
+mod errors;
+mod harness;
+mod http;
+mod shutdown;
