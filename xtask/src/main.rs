@@ -26,10 +26,24 @@ struct Xtask {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 enum Task {
+    Run(RunArgs),
     Bundle(BundleArgs),
     Pack(PackArgs),
     Docker(DockerArgs),
     Test(TestArgs),
+}
+
+/// Build the bundle, then start it in the foreground (Ctrl-C stops it).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "run",
+    example = "cargo xtask run\ncargo xtask run -- --port 9000"
+)]
+struct RunArgs {
+    /// arguments for the server (after --)
+    #[argh(positional, greedy)]
+    args: Vec<String>,
 }
 
 /// Build the server and stub statically and pack them into
@@ -135,6 +149,19 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
+        Task::Run(args) => {
+            let out = bundle::default_out();
+            bundle::bundle(bundle::DEFAULT_CODEC, &out, None)?;
+            eprintln!("$ {} start -- {}", out.display(), args.args.join(" "));
+            // Become the bundle, so Ctrl-C and exit codes are its own.
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&out)
+                    .arg("start")
+                    .arg("--")
+                    .args(&args.args),
+            );
+            bail!("cannot start {}: {err}", out.display());
+        }
         Task::Bundle(args) => {
             let out = args.out.unwrap_or_else(bundle::default_out);
             bundle::bundle(

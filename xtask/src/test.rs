@@ -12,8 +12,21 @@ use crate::bundle;
 use crate::toolchain::Toolchain;
 use crate::util::{self, command};
 
+/// What the end-to-end tests run, beyond the Rust toolchain.
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("chroot", "coreutils"),
+    ("strip", "binutils"),
+    ("g++", "g++"),
+    ("mix", "elixir"),
+    ("erl", "erlang-base"),
+    ("docker", "docker.io"),
+];
+
 /// Builds the artifacts, then runs the tests.
 pub fn run(extra: &[String]) -> Result<()> {
+    util::ensure_programs(TEST_PROGRAMS)?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
     let toolchain = Toolchain::detect()?;
     let gzip = toolchain.build_stub(Codec::Gzip)?;

@@ -106,3 +106,31 @@ pub fn source_date_epoch() -> Result<u64> {
         _ => Ok(0),
     }
 }
+
+/// Makes sure `programs` are installed, installing their Debian packages
+/// with apt-get when we can (root on Debian); otherwise fails naming them.
+/// Each entry is `(program, package)`.
+pub fn ensure_programs(programs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = stdout(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0");
+    if !(is_root && have("apt-get")) {
+        bail!(
+            "missing programs; install these Debian packages first: {}",
+            missing.join(" ")
+        );
+    }
+    eprintln!("note: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}

@@ -171,3 +171,26 @@ mod tests {
         assert_eq!(exit_for(&anyhow::anyhow!("plain")), Exit::Failure);
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::Exit;
+
+    /// docs/EXIT_CODES.md lists exactly the codes of [`Exit::TABLE`], in order.
+    #[test]
+    fn exit_codes_doc_matches_the_code() {
+        let doc = include_str!("../../../docs/EXIT_CODES.md");
+        let documented: Vec<u8> = doc
+            .lines()
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|rest| rest.split(" |").next())
+            .filter_map(|code| code.trim().parse().ok())
+            .collect();
+        let coded: Vec<u8> = Exit::TABLE.iter().map(|(e, _)| e.code()).collect();
+        assert_eq!(documented, coded);
+        for (exit, meaning) in Exit::TABLE {
+            let row = format!("| {} | {meaning} |", exit.code());
+            assert!(doc.contains(&row), "docs/EXIT_CODES.md lacks {row:?}");
+        }
+    }
+}

@@ -52,13 +52,7 @@ fn candidates() -> Vec<PathBuf> {
 }
 
 fn map(file: File, path: PathBuf) -> Result<SelfFile> {
-    // SAFETY: the map is read-only and private. Undefined behaviour would
-    // need the file to change while mapped; it is the executable this process
-    // is running, which Linux refuses to open for writing or truncate while
-    // it runs (ETXTBSY), and updates by rename leave our inode intact. Every
-    // offset we read is first checked against the map's length
-    // (bundle_format::layout::locate), so no read goes past the end.
-    let map =
-        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    let map = crate::sys::map_own_executable(&file)
+        .with_context(|| format!("cannot map {}", path.display()))?;
     Ok(SelfFile { path, map })
 }

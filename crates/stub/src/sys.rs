@@ -357,3 +357,14 @@ pub fn release_pages(bytes: &[u8]) {
         }
     }
 }
+
+/// Maps the file this process is running from, read-only.
+pub fn map_own_executable(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private. Undefined behaviour would
+    // need the file to change while mapped; it is the executable this
+    // process is running, which Linux refuses to open for writing or to
+    // truncate while it runs (ETXTBSY), and an update by rename leaves our
+    // inode intact. Every offset read is first checked against the map's
+    // length (bundle_format::layout::locate), so no read goes past the end.
+    unsafe { memmap2::Mmap::map(file) }
+}
