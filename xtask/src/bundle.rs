@@ -38,7 +38,18 @@ pub fn default_out() -> PathBuf {
 /// Builds the server and stub statically, assembles the release folder,
 /// packs it, and prints a size table.
 pub fn bundle(codec: Codec, out: &Path, build_dir: Option<&Path>) -> Result<Built> {
-    let mut toolchain = Toolchain::detect()?;
+    bundle_for(codec, out, build_dir, None)
+}
+
+/// [`bundle`] for a chosen target (`None`: musl if available, else the
+/// static glibc fallback).
+pub fn bundle_for(
+    codec: Codec,
+    out: &Path,
+    build_dir: Option<&Path>,
+    target: Option<&'static str>,
+) -> Result<Built> {
+    let mut toolchain = Toolchain::detect_for(target)?;
     if let Some(dir) = build_dir {
         toolchain.target_dir = dir.to_owned();
     }

@@ -65,6 +65,10 @@ struct BundleArgs {
     /// target/bundle-build; a fresh one gives a clean rebuild)
     #[argh(option)]
     build_dir: Option<PathBuf>,
+    /// musl (default when installable) or gnu (glibc, +crt-static: the
+    /// fallback, forced)
+    #[argh(option, from_str_fn(parse_target))]
+    target: Option<&'static str>,
 }
 
 /// Pack any release folder into one executable file.
@@ -132,6 +136,14 @@ struct TestArgs {
     args: Vec<String>,
 }
 
+fn parse_target(value: &str) -> Result<&'static str, String> {
+    match value {
+        "musl" => Ok(toolchain::MUSL),
+        "gnu" => Ok(toolchain::GNU),
+        _ => Err(format!("unknown target {value:?}: use musl or gnu")),
+    }
+}
+
 fn parse_codec(value: &str) -> Result<Codec, String> {
     Codec::from_name(value).ok_or_else(|| format!("unknown codec {value:?}: use gzip or zstd"))
 }
@@ -164,10 +176,11 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bundle(args) => {
             let out = args.out.unwrap_or_else(bundle::default_out);
-            bundle::bundle(
+            bundle::bundle_for(
                 args.codec.unwrap_or(bundle::DEFAULT_CODEC),
                 &out,
                 args.build_dir.as_deref(),
+                args.target,
             )?;
         }
         Task::Pack(args) => {

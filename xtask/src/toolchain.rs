@@ -42,11 +42,19 @@ pub struct Toolchain {
 impl Toolchain {
     /// Finds (and installs, where rustup can) what a static build needs.
     pub fn detect() -> Result<Toolchain> {
+        Self::detect_for(None)
+    }
+
+    /// Like [`Toolchain::detect`], with the target chosen by the caller
+    /// (`Some(GNU)` forces the static glibc build).
+    pub fn detect_for(forced: Option<&'static str>) -> Result<Toolchain> {
         let rustc_version = util::stdout(command("rustc").arg("-V"))
             .context("cannot run rustc")?
             .trim()
             .to_owned();
-        let target = if ensure_target(MUSL) {
+        let target = if let Some(target) = forced {
+            target
+        } else if ensure_target(MUSL) {
             MUSL
         } else {
             eprintln!(
