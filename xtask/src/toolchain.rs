@@ -161,7 +161,10 @@ impl Toolchain {
     pub fn build_stub(&self, codec: Codec) -> Result<PathBuf> {
         let built = self.build("bundle-stub", "bundle-stub", "stub", &[codec.name()])?;
         // The next build with another codec overwrites the same path.
-        let kept = stub_path(codec);
+        let mut kept = stub_path(codec);
+        if self.target != MUSL {
+            kept.set_file_name(format!("bundle-stub-{}-{}", codec.name(), self.target));
+        }
         copy_file(&built, &kept)?;
         Ok(kept)
     }
