@@ -2,7 +2,7 @@
 //! release, anything with an executable entry) into one executable file.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,26 +82,11 @@ pub fn doctor(dir: &Path) -> Result<Report> {
         }
         let mut file = File::open(&entry.path)
             .with_context(|| format!("cannot read {}", entry.path.display()))?;
-        let mut bytes = vec![0u8; 256];
-        let n = read_up_to(&mut file, &mut bytes)?;
-        bytes.truncate(n);
-        if Report::wants_whole_file(&bytes) {
-            file.read_to_end(&mut bytes)?;
-        }
-        report.add(&entry.rel, entry.mode & 0o111 != 0, &bytes);
+        report
+            .add_from(&entry.rel, entry.mode & 0o111 != 0, entry.size, &mut file)
+            .with_context(|| format!("cannot read {}", entry.path.display()))?;
     }
     Ok(report)
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// Packing warns (it does not refuse) when the payload needs things a bare

@@ -7,10 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io::{self, Read};
 
 use object::Endianness;
 use object::elf::{DT_NEEDED, FileHeader64, PT_INTERP};
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
+
+/// Largest ELF file the doctor reads into memory.
+pub const MAX_ELF_FILE: u64 = 512 << 20;
 
 /// Libraries every glibc system has (they are part of glibc itself).
 const GLIBC_LIBS: &[&str] = &[
@@ -202,10 +206,23 @@ impl Report {
         }
     }
 
-    /// Whether `bytes` (a file's beginning) needs the whole file for
-    /// [`Report::add`].
-    pub fn wants_whole_file(head: &[u8]) -> bool {
-        head.starts_with(b"\x7fELF")
+    /// Reads one file from `reader` (`size` bytes in all) and records it:
+    /// only its first bytes, unless it is an ELF file (then all of it, up to
+    /// [`MAX_ELF_FILE`]).
+    pub fn add_from(
+        &mut self,
+        path: &str,
+        executable: bool,
+        size: u64,
+        reader: &mut impl Read,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(256);
+        reader.take(256).read_to_end(&mut bytes)?;
+        if bytes.starts_with(b"\x7fELF") && size <= MAX_ELF_FILE {
+            reader.read_to_end(&mut bytes)?;
+        }
+        self.add(path, executable, &bytes);
+        Ok(())
     }
 
     fn elves(&self) -> impl Iterator<Item = (&String, &ElfFacts)> {

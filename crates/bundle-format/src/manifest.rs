@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FormatError, Result};
 use crate::paths::validate_relative;
+use crate::text::hex;
 
 /// The payload compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,17 +230,6 @@ fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], section: &'static str) 
         return Err(invalid(format!("{} unexpected trailing bytes", rest.len())));
     }
     Ok(value)
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 15)] as char);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -204,7 +204,14 @@ impl StateDir {
 
 /// `(state, start time)` from `/proc/PID/stat`, if /proc is mounted.
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read: the line is well under 1 KB (read_to_string would take six
+    // growing reads on this start-up path).
+    let mut buf = [0u8; 1024];
+    let n = File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
     // The command name (field 2) may contain spaces and parentheses.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bundle_format::doctor::Report;
-use bundle_format::manifest::hex;
+use bundle_format::text::{hex, thousands};
 use bundle_format::{Bundle, EntryKind, IndexEntry};
 use sha2::{Digest, Sha256};
 
@@ -147,9 +147,6 @@ fn describe_entry(entry: &IndexEntry) -> String {
     }
 }
 
-/// Largest file the doctor reads into memory.
-const DOCTOR_MAX_FILE: u64 = 512 << 20;
-
 /// Streams the (verified) payload and examines every ELF file and
 /// executable script.
 pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
@@ -163,27 +160,12 @@ pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
         }
         let path = String::from_utf8_lossy(&item.path_bytes()).into_owned();
         let executable = item.header().mode().unwrap_or(0) & 0o111 != 0;
-        let mut head = vec![0u8; 256];
-        let n = read_up_to(&mut item, &mut head)?;
-        head.truncate(n);
-        if Report::wants_whole_file(&head) && item.size() <= DOCTOR_MAX_FILE {
-            item.read_to_end(&mut head)
-                .with_context(|| format!("cannot read {path} from the payload"))?;
-        }
-        report.add(&path, executable, &head);
+        let size = item.size();
+        report
+            .add_from(&path, executable, size, &mut item)
+            .with_context(|| format!("cannot read {path} from the payload"))?;
     }
     Ok(report)
-}
-
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// `verify`: the payload digest; with `deep`, also the extracted tree.
@@ -386,17 +368,9 @@ pub fn clean(bundle: &Bundle<'_>, all: bool) -> Result<String> {
     Ok(out)
 }
 
-/// `1,234,567 bytes` style sizes.
+/// `1,234,567 bytes`.
 fn bytes(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out + " bytes"
+    format!("{} bytes", thousands(n))
 }
 
 /// SHA-256 of a file's contents.
@@ -409,16 +383,5 @@ fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
             0 => return Ok(hasher.finalize().into()),
             n => hasher.update(&buf[..n]),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn byte_counts_are_grouped() {
-        assert_eq!(super::bytes(0), "0 bytes");
-        assert_eq!(super::bytes(999), "999 bytes");
-        assert_eq!(super::bytes(1000), "1,000 bytes");
-        assert_eq!(super::bytes(1234567), "1,234,567 bytes");
     }
 }

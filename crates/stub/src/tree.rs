@@ -143,7 +143,7 @@ fn write_marker(bundle: &Bundle<'_>, tree: &Path) -> Result<(), FormatError> {
         "name={}\nversion={}\npayload_sha256={}\n",
         manifest.name,
         manifest.version,
-        bundle_format::manifest::hex(bundle.payload_sha256())
+        bundle_format::text::hex(bundle.payload_sha256())
     );
     let path = tree.join(MARKER);
     fs::write(&path, text).map_err(|err| FormatError::io("cannot write", &path, err))
