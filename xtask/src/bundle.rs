@@ -10,7 +10,7 @@ use bundle_format::codec::default_level;
 use bundle_format::pack::PackOptions;
 
 use crate::pack;
-use crate::toolchain::Toolchain;
+use crate::toolchain::{self, Toolchain};
 use crate::util::{self, command};
 
 /// The codec `bundle` uses unless told otherwise; chosen by measurement
@@ -55,7 +55,14 @@ pub fn bundle_for(
     }
     let server = toolchain.build_server()?;
     let stub = toolchain.build_stub(codec)?;
-    let release = util::target_dir().join("bundle").join("release");
+    // One release folder per target, so a fallback build never replaces
+    // the musl one the tests use.
+    let release = util::target_dir()
+        .join("bundle")
+        .join(match toolchain.target {
+            toolchain::MUSL => "release".to_owned(),
+            other => format!("release-{other}"),
+        });
     assemble_release(&server, &release)?;
     let version = server_version(&release.join("bin/sydney"))?;
 

@@ -312,7 +312,7 @@ fn walk(
                 refusals,
             });
         }
-        if !warm && !state.writable {
+        if !warm && !state.writable() {
             let reason = if state.read_only {
                 "read-only file system"
             } else {
@@ -348,11 +348,20 @@ fn walk(
 }
 
 /// What we learned about a usable root.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RootState {
     read_only: bool,
     no_exec: bool,
-    writable: bool,
+    /// The directory whose writability decides (the root, or for a root not
+    /// yet created, its nearest existing ancestor). Checked only when needed:
+    /// a warm start never asks.
+    write_probe: PathBuf,
+}
+
+impl RootState {
+    fn writable(&self) -> bool {
+        !self.read_only && sys::can_write_dir(&self.write_probe)
+    }
 }
 
 /// Creates the root if needed (and `create`) and checks it is safe. On
@@ -379,7 +388,7 @@ fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, Pr
     Ok(RootState {
         read_only: flags.read_only,
         no_exec: flags.no_exec,
-        writable: !flags.read_only && sys::can_write_dir(root),
+        write_probe: root.clone(),
     })
 }
 
@@ -394,7 +403,7 @@ fn preview_missing(root: &Path) -> Result<RootState, (String, Problem)> {
     Ok(RootState {
         read_only: flags.read_only,
         no_exec: flags.no_exec,
-        writable: !flags.read_only && sys::can_write_dir(ancestor),
+        write_probe: ancestor.to_owned(),
     })
 }
 

@@ -221,15 +221,6 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start_time))
 }
 
-/// The pid record for this process.
-fn own_record() -> PidRecord {
-    let pid = sys::getpid();
-    PidRecord {
-        pid,
-        start_time: proc_stat(pid).map_or(0, |(_, t)| t),
-    }
-}
-
 /// The state dir for this bundle under the chain's decision.
 pub fn state_dir(
     bundle: &Bundle<'_>,
@@ -247,23 +238,6 @@ pub fn state_dir(
                 ),
             )
         })
-}
-
-/// `start`: records this process as the running instance unless another
-/// runs (best effort: a second foreground instance runs untracked, and so
-/// does one with no writable state dir). The returned lock must stay open
-/// across exec.
-pub fn track_foreground(bundle: &Bundle<'_>, prepared: &Prepared) -> Option<File> {
-    let state = state_dir(bundle, &prepared.decision).ok()?;
-    state.ensure().ok()?;
-    let _registering = state.registration().ok()?;
-    if let Status::Running(_) = state.status() {
-        return None;
-    }
-    let lock = state.instance_lock().ok()?;
-    state.record(own_record()).ok()?;
-    sys::keep_across_exec(&lock).ok()?;
-    Some(lock)
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.

@@ -103,7 +103,7 @@ fn run(command: Command) -> Result<()> {
 
     let file = selfexe::open()?;
     let bundle = Bundle::open(&file.map)
-        .with_context(|| format!("cannot read the bundle {}", file.path.display()))?
+        .with_context(|| format!("cannot read the bundle {}", file.path().display()))?
         .with_page_release(sys::release_pages);
     let name = bundle.manifest().name.clone();
     match command {
@@ -136,7 +136,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Inspect(args) => print!(
             "{}",
-            maint::inspect(&bundle, &file.path, args.files, args.doctor)?
+            maint::inspect(&bundle, &file.path(), args.files, args.doctor)?
         ),
         Command::Verify(args) => print!("{}", maint::verify(&bundle, args.deep)?),
         Command::Extract(args) => print!("{}", maint::extract(&bundle, Path::new(&args.dir))?),
@@ -157,10 +157,9 @@ fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyho
         Ok(ready) => ready,
         Err(err) => return err,
     };
-    // `exec` runs one-off commands next to a running instance: not tracked.
-    let _instance_lock = default_args
-        .then(|| lifecycle::track_foreground(bundle, &prepared))
-        .flatten();
+    // Not recorded in the pidfile: a foreground instance belongs to whoever
+    // started it (a shell, systemd, docker). Recording it would cost a
+    // synchronous rename on every start (ext4 flushes replaced files).
     if sys::getpid() == 1 && std::env::var_os("SYDNEY_BUNDLE_INIT").is_none_or(|v| v != "0") {
         init::run(bundle, &prepared, &argv, &envp);
     }

@@ -9,10 +9,18 @@ use memmap2::Mmap;
 /// The bundle file, mapped read-only.
 #[derive(Debug)]
 pub struct SelfFile {
-    /// How we found it (for messages).
-    pub path: PathBuf,
+    /// The path it was opened by (possibly `/proc/self/exe`).
+    opened_as: PathBuf,
     /// The whole file.
     pub map: Mmap,
+}
+
+impl SelfFile {
+    /// The bundle's real path, for messages (resolved only when needed: the
+    /// start-up path never asks).
+    pub fn path(&self) -> PathBuf {
+        std::fs::read_link(&self.opened_as).unwrap_or_else(|_| self.opened_as.clone())
+    }
 }
 
 /// Opens the running executable: `/proc/self/exe`, else the path the kernel
@@ -22,11 +30,7 @@ pub fn open() -> Result<SelfFile> {
     let mut tried = Vec::new();
     for candidate in candidates() {
         match File::open(&candidate) {
-            Ok(file) => {
-                // Name the real file in messages, not /proc/self/exe.
-                let shown = std::fs::read_link(&candidate).unwrap_or(candidate);
-                return map(file, shown);
-            }
+            Ok(file) => return map(file, candidate),
             Err(err) => tried.push(format!("{}: {err}", candidate.display())),
         }
     }
@@ -54,5 +58,8 @@ fn candidates() -> Vec<PathBuf> {
 fn map(file: File, path: PathBuf) -> Result<SelfFile> {
     let map = crate::sys::map_own_executable(&file)
         .with_context(|| format!("cannot map {}", path.display()))?;
-    Ok(SelfFile { path, map })
+    Ok(SelfFile {
+        opened_as: path,
+        map,
+    })
 }

@@ -143,7 +143,17 @@ pub enum ExecTarget<'a> {
 }
 
 /// Replaces this process with `target`. Returns only on failure.
+///
+/// SIGPIPE goes back to its default first: Rust's runtime ignores it in the
+/// stub, and an ignored signal stays ignored across exec, which would change
+/// how the entry (say, a shell script with a pipeline) behaves. This is what
+/// std's `Command` does for its children too.
 pub fn exec(target: ExecTarget<'_>, argv: &[CString], envp: &[CString]) -> io::Error {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety
+    // preconditions; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let argv_ptrs: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
