@@ -77,7 +77,8 @@ pub struct Start {
     subcommand,
     name = "daemon",
     example = "{command_name}\n{command_name} -- --port 9000",
-    note = "Refuses to start a second instance (exit code 4). The log is <state dir>/log."
+    note = "Refuses to start a second instance (exit code 4). The log is <state dir>/log. A \
+            foreground `start` is not recorded: it belongs to whoever started it."
 )]
 pub struct Daemon {
     /// arguments for the entry (after --)
@@ -85,7 +86,8 @@ pub struct Daemon {
     pub args: Vec<String>,
 }
 
-/// Stop the running instance: SIGTERM, then SIGKILL after the timeout.
+/// Stop the instance started by `daemon`: SIGTERM, then SIGKILL after the
+/// timeout.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -111,7 +113,7 @@ pub struct Restart {
     pub args: Vec<String>,
 }
 
-/// Print the pid of the running instance.
+/// Print the pid of the instance started by `daemon`.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
