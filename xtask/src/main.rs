@@ -1,6 +1,7 @@
 //! Project automation, run as `cargo xtask <task>` (the cargo-xtask
 //! pattern: see `.cargo/config.toml`). One module per task.
 
+mod bench;
 mod bundle;
 mod docker;
 mod pack;
@@ -31,6 +32,7 @@ enum Task {
     Pack(PackArgs),
     Docker(DockerArgs),
     Test(TestArgs),
+    Bench(BenchArgs),
 }
 
 /// Build the bundle, then start it in the foreground (Ctrl-C stops it).
@@ -103,7 +105,8 @@ struct PackArgs {
     /// payload codec: gzip (default) or zstd
     #[argh(option, from_str_fn(parse_codec))]
     codec: Option<Codec>,
-    /// compression level (gzip 1-9, zstd 1-19; default the highest)
+    /// compression level (gzip 1-9, zstd 1-19; default 9 for gzip, 19 for
+    /// zstd, or 9 for zstd above 64 MiB of files)
     #[argh(option)]
     level: Option<u32>,
     /// the entry cannot run without its extracted tree: fail clearly instead
@@ -134,6 +137,22 @@ struct TestArgs {
     /// extra arguments for `cargo test` (e.g. a test name filter)
     #[argh(positional, greedy)]
     args: Vec<String>,
+}
+
+/// Measure start-up, size, large payloads and throughput against the
+/// alternatives; prints markdown tables and writes target/bench/results.json.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "bench",
+    note = "Fails only if a row could not be measured; no timing is asserted. A full run \
+            takes several minutes and copies its charts into docs/ for docs/BENCHMARKS.md."
+)]
+struct BenchArgs {
+    /// fewer repetitions and a 64 MiB (not 512 MiB) large payload: what CI
+    /// runs, in under 3 minutes
+    #[argh(switch)]
+    quick: bool,
 }
 
 fn parse_target(value: &str) -> Result<&'static str, String> {
@@ -227,6 +246,7 @@ fn run(task: Task) -> Result<()> {
             docker::build_image(&built.version)?;
         }
         Task::Test(args) => test::run(&args.args)?,
+        Task::Bench(args) => bench::run(args.quick)?,
     }
     Ok(())
 }

@@ -161,7 +161,10 @@ mod tests {
             ("name", Json::from("a \"b\"\n\u{1}")),
             ("runs", Json::nums(&[1.5, 2.0])),
             ("nan", Json::Num(f64::NAN)),
-            ("rows", Json::Arr(vec![Json::obj([("ok", Json::Bool(true))])])),
+            (
+                "rows",
+                Json::Arr(vec![Json::obj([("ok", Json::Bool(true))])]),
+            ),
             ("none", Json::from(None::<u64>)),
         ]);
         assert_eq!(

@@ -1,0 +1,430 @@
+//! Start-up: from spawn to the first `200 Ok` on `GET /`, for the server
+//! run directly, the bundle (warm and cold cache, both codecs), the seed's
+//! tar trick and makeself.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::json::Json;
+use super::proc::{self, Group};
+use super::svg::{Bar, Panel};
+use super::table::{self, Table};
+use super::{Artifacts, Plan, Section, tools};
+use crate::util::{self, command};
+
+/// A run that has not answered by then failed.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A run that fails is tried this many times in all before its variant
+/// counts as failed (a port taken in between, say).
+const ATTEMPTS: usize = 3;
+
+/// Variables of ours that would change what a variant does.
+const CLEARED_ENV: &[&str] = &[
+    "PORT",
+    "BIND",
+    "RUST_LOG",
+    "BUNDLE_ROOT",
+    "SYDNEY_BUNDLE_DIR",
+    "SYDNEY_BUNDLE_STATE_DIR",
+    "SYDNEY_BUNDLE_INIT",
+];
+
+/// The seed's launcher: unpack the release, then exec the server.
+const ENTRYPOINT: &str = "#!/bin/sh\n\
+    set -e\n\
+    tar -xzf release.tar.gz -C \"$DIR\"\n\
+    exec \"$DIR/bin/sydney\" \"$@\"\n";
+
+/// Peers measured on this kind of machine (LESSONS.md), for context only.
+const PEERS: &str = "Peers measured earlier on this kind of machine, for context only: \
+    makeself 70 ms, tar trick 12.5 ms, warp 7.9 ms cold / 2.2 ms warm, direct 0.84 ms.";
+
+/// What to do before each run, outside the timed region.
+#[derive(Debug)]
+enum Reset {
+    /// Nothing (the warm cache stays).
+    Keep,
+    /// Point `var` at a new directory under `parent` (a cold cache, or
+    /// where the tar trick or makeself unpack), created empty if `create`.
+    /// Earlier runs' directories stay until the section ends: see
+    /// `super::trash`.
+    Fresh {
+        var: &'static str,
+        parent: PathBuf,
+        create: bool,
+    },
+}
+
+/// One way of starting the server.
+#[derive(Debug)]
+struct Variant {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, PathBuf)>,
+    cwd: Option<PathBuf>,
+    reset: Reset,
+    ours: bool,
+    /// Timed runs, in ms.
+    runs: Vec<f64>,
+    /// Runs that were tried again.
+    retries: usize,
+    /// Why it could not be measured.
+    error: Option<String>,
+}
+
+impl Variant {
+    fn new(name: &'static str, program: PathBuf, ours: bool) -> Variant {
+        Variant {
+            name,
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            reset: Reset::Keep,
+            ours,
+            runs: Vec::new(),
+            retries: 0,
+            error: None,
+        }
+    }
+
+    fn failed(name: &'static str, err: &anyhow::Error) -> Variant {
+        let mut variant = Variant::new(name, PathBuf::new(), false);
+        variant.error = Some(format!("{err:#}"));
+        variant
+    }
+
+    fn median(&self) -> f64 {
+        table::median(&self.runs)
+    }
+
+    fn describe(&self) -> String {
+        let mut line = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={} ", v.display()))
+            .collect::<String>();
+        if let Reset::Fresh { var, parent, .. } = &self.reset {
+            line.push_str(&format!("{var}={}/<new> ", parent.display()));
+        }
+        line.push_str(&self.program.display().to_string());
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        line + " --port P --bind 127.0.0.1"
+    }
+}
+
+/// Measures every variant, interleaved round-robin, after one untimed
+/// warm-up round (which also fills the warm cache).
+pub fn run(plan: &Plan, art: &Artifacts) -> Result<Section> {
+    let dir = art.dir.join("startup");
+    fs::create_dir_all(&dir)?;
+    let runs = dir.join("runs");
+    super::trash(art, &runs)?;
+    let mut variants = variants(art, &dir, &runs)?;
+    let log = dir.join("last-run.stderr");
+    eprintln!(
+        "bench: start-up, {} variants, {} timed rounds",
+        variants.len(),
+        plan.startup_runs
+    );
+    let mut run_id = 0;
+    for round in 0..=plan.startup_runs {
+        for variant in variants.iter_mut().filter(|v| v.error.is_none()) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                run_id += 1;
+                match time_one(variant, run_id, &log) {
+                    Ok(elapsed) => {
+                        if round > 0 {
+                            variant.runs.push(elapsed.as_secs_f64() * 1e3);
+                        }
+                        break;
+                    }
+                    Err(err) if attempt < ATTEMPTS => {
+                        eprintln!("bench: {}: {err:#}; trying again", variant.name);
+                        variant.retries += 1;
+                    }
+                    Err(err) => {
+                        variant.error = Some(format!("{err:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    super::trash(art, &runs)?;
+    Ok(report(plan, &variants))
+}
+
+fn variants(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Vec<Variant>> {
+    // Private cache roots (the stub wants them owned by us and not
+    // writable by others); the warm one starts empty too and is filled by
+    // the warm-up round.
+    fs::create_dir_all(runs)?;
+    fs::set_permissions(runs, fs::Permissions::from_mode(0o700))?;
+
+    let direct = Variant::new("direct", art.release.join("bin/sydney"), false);
+    let bundle = |name, file: &Path, cache: &str, cold: bool| {
+        let mut variant = Variant::new(name, file.to_owned(), true);
+        variant.args = vec!["start".into(), "--".into()];
+        let root = runs.join(cache);
+        if cold {
+            variant.reset = Reset::Fresh {
+                var: "SYDNEY_BUNDLE_DIR",
+                parent: root,
+                create: false,
+            };
+        } else {
+            variant.env.push(("SYDNEY_BUNDLE_DIR", root));
+        }
+        variant
+    };
+    let warm = bundle("bundle warm", &art.bundle, "warm", false);
+    let cold = bundle("bundle cold", &art.bundle, "cold", true);
+    let cold_zstd = bundle("bundle cold (zstd)", &art.bundle_zstd, "cold-zstd", true);
+    let tar_trick = tar_trick(art, &dir.join("tar-trick"), &runs.join("tar-trick"))
+        .unwrap_or_else(|err| Variant::failed("tar-trick", &err));
+    let makeself = makeself(art, &dir.join("makeself"), &runs.join("makeself"))
+        .unwrap_or_else(|err| Variant::failed("makeself", &err));
+    Ok(vec![direct, warm, cold, cold_zstd, tar_trick, makeself])
+}
+
+/// `entrypoint.sh` next to a tar.gz (gzip -9) of the release; each run
+/// unpacks into a fresh, empty `$DIR`.
+fn tar_trick(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Variant> {
+    tools::path("tar")?;
+    fs::create_dir_all(dir)?;
+    fs::copy(&art.release_tgz, dir.join("release.tar.gz"))?;
+    let script = dir.join("entrypoint.sh");
+    fs::write(&script, ENTRYPOINT)?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    let mut variant = Variant::new("tar-trick", script, false);
+    variant.cwd = Some(dir.to_owned());
+    variant.reset = Reset::Fresh {
+        var: "DIR",
+        parent: runs.to_owned(),
+        create: true,
+    };
+    Ok(variant)
+}
+
+/// A makeself archive of the release that runs `./bin/sydney` with the
+/// user's arguments; it unpacks into a new temporary directory under
+/// `$TMPDIR` every run.
+fn makeself(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Variant> {
+    let makeself = tools::path("makeself")?;
+    fs::create_dir_all(dir)?;
+    let archive = dir.join("sydney.run");
+    let out = util::output(
+        command(makeself)
+            .arg(&art.release)
+            .arg(&archive)
+            .args(["sydney", "./bin/sydney"]),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "makeself failed ({}): {}",
+            out.status,
+            proc::tail(&String::from_utf8_lossy(&out.stderr))
+        );
+    }
+    let mut variant = Variant::new("makeself", archive, false);
+    variant.args = ["--noprogress", "--nox11", "--quiet", "--"]
+        .map(String::from)
+        .to_vec();
+    variant.reset = Reset::Fresh {
+        var: "TMPDIR",
+        parent: runs.to_owned(),
+        create: true,
+    };
+    Ok(variant)
+}
+
+/// One start: reset, spawn, poll until `200 Ok`, kill the process group.
+fn time_one(variant: &Variant, run_id: usize, log: &Path) -> Result<Duration> {
+    let port = proc::free_port()?;
+    let mut cmd = Command::new(&variant.program);
+    cmd.args(&variant.args)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+    for name in CLEARED_ENV {
+        cmd.env_remove(name);
+    }
+    for (name, value) in &variant.env {
+        cmd.env(name, value);
+    }
+    if let Reset::Fresh {
+        var,
+        parent,
+        create,
+    } = &variant.reset
+    {
+        let fresh = parent.join(run_id.to_string());
+        if *create {
+            fs::create_dir_all(&fresh)?;
+        } else {
+            fs::create_dir_all(parent)?;
+        }
+        cmd.env(var, fresh);
+    }
+    if let Some(cwd) = &variant.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log)?);
+
+    let start = Instant::now();
+    let mut group = Group::spawn(&mut cmd)?;
+    let result = proc::wait_for_ok(&mut group, port, start, TIMEOUT);
+    drop(group);
+    result.map_err(|err| {
+        let stderr = fs::read_to_string(log).unwrap_or_default();
+        err.context(format!(
+            "{} (stderr: {})",
+            variant.name,
+            proc::tail(&stderr)
+        ))
+    })
+}
+
+fn report(plan: &Plan, variants: &[Variant]) -> Section {
+    let median_of = |name: &str| {
+        variants
+            .iter()
+            .find(|v| v.name == name && v.error.is_none())
+            .map_or(f64::NAN, Variant::median)
+    };
+    let direct = median_of("direct");
+    let tar_trick = median_of("tar-trick");
+    let mut table = Table::new(
+        "Start-up: spawn to first `200 Ok` (ms)",
+        &[
+            "variant",
+            ">median",
+            ">min",
+            ">max",
+            ">vs direct",
+            "goal",
+            "result",
+        ],
+    );
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    let mut bars = Vec::new();
+    for variant in variants {
+        if let Some(err) = &variant.error {
+            table.row(vec![
+                variant.name.into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("not measured: {err}"),
+            ]);
+            failures.push(format!("start-up, {}: {err}", variant.name));
+            rows.push(Json::obj([
+                ("variant", Json::from(variant.name)),
+                ("error", Json::from(err.as_str())),
+            ]));
+            continue;
+        }
+        let median = variant.median();
+        let (low, high) = (table::min(&variant.runs), table::max(&variant.runs));
+        let vs_direct = median / direct;
+        let goal = match variant.name {
+            "bundle warm" => Some(("<= 1.3x direct", vs_direct, 1.3)),
+            "bundle cold" | "bundle cold (zstd)" => {
+                Some(("<= 0.4x tar-trick", median / tar_trick, 0.4))
+            }
+            _ => None,
+        };
+        let (goal_text, result) = match goal {
+            Some((text, ratio, limit)) => (
+                text.to_owned(),
+                format!(
+                    "{} ({})",
+                    table::verdict(ratio <= limit),
+                    table::ratio(ratio)
+                ),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        table.row(vec![
+            variant.name.into(),
+            table::ms(median),
+            table::ms(low),
+            table::ms(high),
+            table::ratio(vs_direct),
+            goal_text.clone(),
+            result,
+        ]);
+        bars.push(Bar {
+            label: variant.name.into(),
+            value: median,
+            range: Some((low, high)),
+            text: format!("{} ms ({})", table::ms(median), table::ratio(vs_direct)),
+            ours: variant.ours,
+        });
+        rows.push(Json::obj([
+            ("variant", Json::from(variant.name)),
+            ("command", Json::from(variant.describe())),
+            ("median_ms", Json::from(median)),
+            ("min_ms", Json::from(low)),
+            ("max_ms", Json::from(high)),
+            ("ratio_to_direct", Json::from(vs_direct)),
+            (
+                "goal",
+                goal.map_or(Json::Null, |(text, ratio, limit)| {
+                    Json::obj([
+                        ("text", Json::from(text)),
+                        ("ratio", Json::from(ratio)),
+                        ("met", Json::from(ratio <= limit)),
+                    ])
+                }),
+            ),
+            ("retries", Json::from(variant.retries)),
+            ("runs_ms", Json::nums(&variant.runs)),
+        ]));
+    }
+    table.note(format!(
+        "{} timed runs per variant after one warm-up round, interleaved round-robin; \
+         `GET /` polled every 0.25 ms; a fresh port per run; each run's process group \
+         killed (SIGKILL) and reaped after its 200.",
+        plan.startup_runs
+    ));
+    table.note(PEERS);
+    let panel = Panel {
+        title: "Start-up: spawn to first 200 Ok (median; whiskers min to max; log scale)".into(),
+        unit: " ms".into(),
+        log: true,
+        bars,
+    };
+    Section {
+        key: "startup",
+        tables: vec![table],
+        json: Json::obj([
+            ("runs_per_variant", Json::from(plan.startup_runs)),
+            ("poll_us", Json::from(proc::POLL.as_micros() as u64)),
+            ("timeout_s", Json::from(TIMEOUT.as_secs())),
+            ("peers_context", Json::from(PEERS)),
+            ("variants", Json::Arr(rows)),
+        ]),
+        failures,
+        svgs: vec![(
+            "startup.svg",
+            super::svg::chart("sydney-bundle start-up", &[panel]),
+        )],
+    }
+}
