@@ -6,7 +6,7 @@
 //!
 //! Standard library: rebuilt from source with the release profile and
 //! without its backtrace printer (`-Zbuild-std`, enabled on this stable
-//! toolchain by `RUSTC_BOOTSTRAP=1`). That takes about 320 KB off each of the
+//! toolchain by `RUSTC_BOOTSTRAP=1`). That takes about 345 KB off each of the
 //! two executables (docs/BENCHMARKS.md). It needs the `rust-src` component;
 //! without it we fall back to the prebuilt std and say so.
 //!
@@ -37,6 +37,9 @@ pub struct Toolchain {
     pub rustc_version: String,
     /// The cargo target directory for these builds.
     pub target_dir: PathBuf,
+    /// A C compiler to use for the musl target's C code (libdeflate, zstd)
+    /// when no musl cross compiler is installed.
+    pub musl_cc_fallback: Option<&'static str>,
 }
 
 impl Toolchain {
@@ -66,14 +69,22 @@ impl Toolchain {
         if !build_std {
             eprintln!(
                 "note: the rust-src component is not available; using the prebuilt standard \
-                 library, which makes the server and stub about 320 KB larger each"
+                 library, which makes the server and stub about 345 KB larger each"
             );
         }
+        let musl_cc_fallback = (target == MUSL && !ensure_musl_cc()).then(|| {
+            eprintln!(
+                "note: no musl C compiler (Debian package musl-tools); compiling the C parts \
+                 (libdeflate, zstd) with gcc instead"
+            );
+            "gcc"
+        });
         Ok(Toolchain {
             target,
             build_std,
             rustc_version,
             target_dir: default_target_dir(),
+            musl_cc_fallback,
         })
     }
 
@@ -116,6 +127,9 @@ impl Toolchain {
                 .env("RUSTC_BOOTSTRAP", "1");
         }
         cargo.env("RUSTFLAGS", self.rustflags()?);
+        if let Some(cc) = self.musl_cc_fallback {
+            cargo.env("CC_x86_64_unknown_linux_musl", cc);
+        }
         // A developer's own flags would change the bytes.
         cargo.env_remove("CARGO_ENCODED_RUSTFLAGS");
         util::run(&mut cargo)?;
@@ -125,7 +139,7 @@ impl Toolchain {
     fn rustflags(&self) -> Result<String> {
         let mut flags = vec![
             // With panic=abort and no backtraces, unwind tables are dead
-            // weight (about 40 KB per executable); panic messages still print.
+            // weight (about 45 KB per executable); panic messages still print.
             "-Cforce-unwind-tables=no".to_owned(),
             // Packed relative relocations (DT_RELR): the static-pie's
             // relocation table shrinks from ~20-30 KB of RELA entries to
@@ -223,6 +237,13 @@ fn ensure_target(target: &str) -> bool {
     }
     eprintln!("note: installing the {target} target with rustup");
     util::run(command("rustup").args(["target", "add", target])).is_ok()
+}
+
+/// Is a musl C compiler installed (for the C code in the stub)? If not,
+/// try to install Debian's musl-tools.
+fn ensure_musl_cc() -> bool {
+    let have = || util::have("x86_64-linux-musl-gcc") || util::have("musl-gcc");
+    have() || (util::ensure_programs(&[("musl-gcc", "musl-tools")]).is_ok() && have())
 }
 
 /// Is rust-src installed? If not, try `rustup component add`.

@@ -113,6 +113,11 @@ impl<'a> Bundle<'a> {
     /// A streaming decoder of the payload's tar stream. The payload is not
     /// verified; use [`Bundle::unpack_verified`] to extract.
     pub fn tar_stream(&self) -> Result<Box<dyn Read + 'a>> {
+        if let Some(tar) =
+            codec::decode_whole(self.manifest.codec, self.payload(), self.manifest.tar_len)?
+        {
+            return Ok(Box::new(std::io::Cursor::new(tar)));
+        }
         let input = ReleasingReader {
             data: self.payload(),
             pos: 0,

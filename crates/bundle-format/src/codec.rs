@@ -13,6 +13,37 @@ use crate::manifest::Codec;
 /// any input without refusing anything we write.
 pub const ZSTD_MAX_WINDOW_LOG: u32 = 24;
 
+/// Tar streams up to this size are inflated in one call into one buffer
+/// (gzip only) instead of streamed: libdeflate does that about twice as fast
+/// as the streaming decoder, which is most of a cold start. The buffer is
+/// bounded by this limit, whatever the payload size, so memory use still
+/// does not grow with the payload.
+pub const WHOLE_BUFFER_LIMIT: u64 = 4 << 20;
+
+/// Inflates a small payload whole: `Some(tar)` when the codec and
+/// `tar_len` (from the manifest) allow it, `None` to stream instead.
+pub fn decode_whole(codec: Codec, payload: &[u8], tar_len: u64) -> Result<Option<Vec<u8>>> {
+    match codec {
+        #[cfg(feature = "gzip")]
+        Codec::Gzip if tar_len <= WHOLE_BUFFER_LIMIT => {
+            let mut tar = vec![0u8; tar_len as usize];
+            let n = libdeflater::Decompressor::new()
+                .gzip_decompress(payload, &mut tar)
+                .map_err(|err| FormatError::CorruptPayload(format!("gzip: {err}")))?;
+            if n as u64 != tar_len {
+                return Err(FormatError::CorruptPayload(format!(
+                    "the payload inflates to {n} bytes, not the {tar_len} the manifest says"
+                )));
+            }
+            Ok(Some(tar))
+        }
+        _ => {
+            let _ = (payload, tar_len);
+            Ok(None)
+        }
+    }
+}
+
 /// A streaming decoder over the payload bytes.
 pub fn decoder<'a>(codec: Codec, payload: impl BufRead + 'a) -> Result<Box<dyn Read + 'a>> {
     match codec {
@@ -46,7 +77,9 @@ pub fn available() -> &'static [Codec] {
 }
 
 #[cfg(feature = "pack")]
-pub use encode::{Encoder, default_level, max_level};
+pub use encode::{
+    Encoder, ZSTD_MAX_LEVEL_INPUT, ZSTD_WINDOW_LOG, default_level, default_level_for, max_level,
+};
 
 #[cfg(feature = "pack")]
 mod encode {
@@ -62,6 +95,24 @@ mod encode {
             Codec::Zstd => 19,
         }
     }
+
+    /// Inputs larger than this get a faster zstd level by default: level 19
+    /// runs at about 1 MB/s, which makes packing a 500 MB release take
+    /// minutes for a few percent of size (docs/BENCHMARKS.md).
+    pub const ZSTD_MAX_LEVEL_INPUT: u64 = 64 << 20;
+
+    /// The default level for `input_bytes` of file data: [`default_level`],
+    /// except zstd 9 above [`ZSTD_MAX_LEVEL_INPUT`].
+    pub fn default_level_for(codec: Codec, input_bytes: u64) -> u32 {
+        match codec {
+            Codec::Zstd if input_bytes > ZSTD_MAX_LEVEL_INPUT => 9,
+            _ => default_level(codec),
+        }
+    }
+
+    /// The window the zstd encoder uses (2^22 = 4 MiB): it bounds the
+    /// stub's decoder memory at any payload size, whatever the level.
+    pub const ZSTD_WINDOW_LOG: u32 = 22;
 
     /// The highest level accepted. zstd stops at 19: the "ultra" levels need
     /// windows larger than the stub's decoder accepts.
@@ -97,6 +148,7 @@ mod encode {
                 Codec::Zstd => {
                     let mut encoder = zstd::stream::write::Encoder::new(out, level as i32)?;
                     encoder.include_checksum(false)?;
+                    encoder.window_log(ZSTD_WINDOW_LOG)?;
                     encoder.include_contentsize(false)?;
                     Encoder::Zstd(encoder)
                 }

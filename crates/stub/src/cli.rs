@@ -1,7 +1,7 @@
 //! The command line. Doc comments are the help text.
 //!
 //! argh, not clap: it derives the same kind of parser with per-command
-//! `--help`, examples and notes, and costs about 40 KB instead of 290 KB in
+//! `--help`, examples and notes, and costs about 29 KB instead of 200 KB in
 //! every bundle (measured; see docs/BENCHMARKS.md).
 
 use argh::FromArgs;
