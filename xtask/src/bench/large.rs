@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use bundle_format::Codec;
-use bundle_format::codec::default_level;
+use bundle_format::codec::default_level_for;
 
 use super::json::Json;
 use super::proc::{self, Finished};
@@ -91,7 +91,8 @@ fn measure(
     let mut packs = Vec::new();
     let mut inputs = Vec::new();
     for codec in [Codec::Gzip, Codec::Zstd] {
-        for level in [default_level(codec), tar_level(codec)] {
+        let default_level = default_level_for(codec, tree.bytes);
+        for level in [default_level, tar_level(codec)] {
             let out = work.join(format!("large-{codec}-{level}.bundle"));
             let mut cmd = Command::new(xtask);
             cmd.arg("pack")
@@ -102,7 +103,7 @@ fn measure(
                 .args(["--codec", codec.name(), "--level", &level.to_string()])
                 .arg("--stub")
                 .arg(art.stub(codec));
-            let default = level == default_level(codec);
+            let default = level == default_level;
             let label = format!(
                 "xtask pack, {codec} {level}{}",
                 if default { " (default)" } else { "" }
@@ -471,10 +472,13 @@ fn report(plan: &Plan, tree: &Synthetic, packs: &[Pack], extracts: &[Extract]) -
         "{} timed runs each after an untimed warm-up round, interleaved; median shown. Each \
          run unpacks into a new directory after a `sync`; the input stays in the page cache \
          (cold means no extracted tree, not a cold disk). Peak RSS from GNU time: the \
-         program's own (for tar, its compressor child included). The bundles are packed at the default levels \
-         (gzip 9, zstd 19), tar's archives at tar's. Both goals are read against GNU tar with \
-         gzip (the seed's way); the ratio to tar --zstd is shown too.",
-        plan.extract_runs
+         program's own (for tar, its compressor child included). The bundles are packed at the \
+         default levels for this size (gzip {}, zstd {}), tar's archives at tar's. Both goals \
+         are read against GNU tar with gzip (the seed's way); the ratio to tar --zstd is shown \
+         too.",
+        plan.extract_runs,
+        default_level_for(Codec::Gzip, tree.bytes),
+        default_level_for(Codec::Zstd, tree.bytes)
     ));
 
     let chart = super::svg::chart(
