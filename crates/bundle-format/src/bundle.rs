@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Read};
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -10,16 +11,18 @@ use crate::codec;
 use crate::error::{FormatError, Result};
 use crate::layout::{self, Layout};
 use crate::manifest::{Index, Manifest};
+use crate::readahead::ReadAhead;
 use crate::unpack::{self, UnpackStats};
 
-/// Payloads smaller than this are hashed before decompression, on the calling
-/// thread; larger ones are hashed on a second thread while they are unpacked.
-/// Starting a thread costs more than hashing a small payload.
-const PARALLEL_HASH_THRESHOLD: usize = 4 << 20;
+/// Payloads smaller than this are hashed before decompression, and decoded,
+/// on the calling thread. Larger ones are hashed and decoded on a second
+/// thread ([`ReadAhead`]) while the calling thread creates the files.
+/// Starting a thread costs more than a small payload's work.
+const PARALLEL_THRESHOLD: usize = 4 << 20;
 
 /// Granularity at which consumed payload bytes are handed back (see
 /// [`Bundle::with_page_release`]).
-const RELEASE_CHUNK: usize = 4 << 20;
+const RELEASE_CHUNK: usize = 1 << 20;
 
 /// Called with payload regions that have been read and will not be needed
 /// again soon: a mapped file's caller can drop those pages from its resident
@@ -112,7 +115,16 @@ impl<'a> Bundle<'a> {
 
     /// A streaming decoder of the payload's tar stream. The payload is not
     /// verified; use [`Bundle::unpack_verified`] to extract.
-    pub fn tar_stream(&self) -> Result<Box<dyn Read + 'a>> {
+    pub fn tar_stream(&self) -> Result<Box<dyn Read + Send + 'a>> {
+        self.decode(None)
+    }
+
+    /// The tar stream, feeding every payload byte the decoder consumes to
+    /// `hashing` first when there is one.
+    fn decode<'h>(&self, hashing: Option<&'h Mutex<Hashing>>) -> Result<Box<dyn Read + Send + 'h>>
+    where
+        'a: 'h,
+    {
         if let Some(tar) =
             codec::decode_whole(self.manifest.codec, self.payload(), self.manifest.tar_len)?
         {
@@ -121,8 +133,9 @@ impl<'a> Bundle<'a> {
         let input = ReleasingReader {
             data: self.payload(),
             pos: 0,
-            released: 0,
+            done: 0,
             release: self.release,
+            hashing,
         };
         codec::decoder(self.manifest.codec, input)
     }
@@ -132,24 +145,51 @@ impl<'a> Bundle<'a> {
     /// error it caused. On error `dest` holds a partial tree.
     pub fn unpack_verified(&self, dest: &Path) -> Result<UnpackStats> {
         let payload = self.payload();
-        if payload.len() < PARALLEL_HASH_THRESHOLD {
+        if payload.len() < PARALLEL_THRESHOLD {
             self.verify_payload()?;
             return unpack::unpack(self.tar_stream()?, dest);
         }
-        std::thread::scope(|scope| {
-            let hasher = scope.spawn(|| check_digest(payload, self.payload_sha256(), self.release));
-            let unpacked = self.tar_stream().and_then(|tar| unpack::unpack(tar, dest));
-            let verified = hasher
-                .join()
-                .unwrap_or(Err(FormatError::DigestMismatch { section: "payload" }));
-            verified.and(unpacked)
-        })
+        // The decoder thread hashes each payload region just before it
+        // inflates it, so the payload is read once, front to back, and its
+        // pages are released behind the decoder.
+        let hashing = Mutex::new(Hashing {
+            hasher: Sha256::new(),
+            hashed: 0,
+        });
+        let unpacked = std::thread::scope(|scope| {
+            self.decode(Some(&hashing)).and_then(|tar| {
+                // Boxed like the other path's stream, so that the stub
+                // carries one copy of the unpacker, not two.
+                let tar: Box<dyn Read + Send> = Box::new(ReadAhead::spawn(scope, tar));
+                unpack::unpack(tar, dest)
+            })
+        });
+        // Whatever the decoder did not reach (it stopped early, on an error
+        // or at the end of the tar) is hashed here.
+        let Hashing { hasher, hashed } =
+            hashing.into_inner().unwrap_or_else(PoisonError::into_inner);
+        finish_digest(
+            hasher,
+            &payload[hashed..],
+            self.payload_sha256(),
+            self.release,
+        )?;
+        unpacked
     }
 }
 
 fn check_digest(bytes: &[u8], expected: &[u8; 32], release: Option<PageRelease>) -> Result<()> {
-    let mut hasher = Sha256::new();
-    for chunk in bytes.chunks(RELEASE_CHUNK) {
+    finish_digest(Sha256::new(), bytes, expected, release)
+}
+
+/// Feeds the rest of the payload, `rest`, to `hasher` and compares.
+fn finish_digest(
+    mut hasher: Sha256,
+    rest: &[u8],
+    expected: &[u8; 32],
+    release: Option<PageRelease>,
+) -> Result<()> {
+    for chunk in rest.chunks(RELEASE_CHUNK) {
         hasher.update(chunk);
         if let Some(release) = release {
             release(chunk);
@@ -162,12 +202,22 @@ fn check_digest(bytes: &[u8], expected: &[u8; 32], release: Option<PageRelease>)
     }
 }
 
-/// Reads a byte slice, handing back each [`RELEASE_CHUNK`] once consumed.
+/// A payload digest being computed by the decoder thread.
+struct Hashing {
+    hasher: Sha256,
+    /// The payload's first `hashed` bytes have been fed to `hasher`.
+    hashed: usize,
+}
+
+/// Reads a byte slice; each [`RELEASE_CHUNK`] once consumed is fed to the
+/// hasher (if any) and then handed back.
 struct ReleasingReader<'a> {
     data: &'a [u8],
     pos: usize,
-    released: usize,
+    /// The first `done` bytes have been hashed and released.
+    done: usize,
     release: Option<PageRelease>,
+    hashing: Option<&'a Mutex<Hashing>>,
 }
 
 impl Read for ReleasingReader<'_> {
@@ -187,11 +237,17 @@ impl BufRead for ReleasingReader<'_> {
 
     fn consume(&mut self, amount: usize) {
         self.pos = (self.pos + amount).min(self.data.len());
-        if let Some(release) = self.release {
-            while self.pos - self.released >= RELEASE_CHUNK {
-                release(&self.data[self.released..self.released + RELEASE_CHUNK]);
-                self.released += RELEASE_CHUNK;
+        while self.pos - self.done >= RELEASE_CHUNK {
+            let chunk = &self.data[self.done..self.done + RELEASE_CHUNK];
+            if let Some(hashing) = self.hashing {
+                let mut hashing = hashing.lock().unwrap_or_else(PoisonError::into_inner);
+                hashing.hasher.update(chunk);
+                hashing.hashed += chunk.len();
             }
+            if let Some(release) = self.release {
+                release(chunk);
+            }
+            self.done += RELEASE_CHUNK;
         }
     }
 }

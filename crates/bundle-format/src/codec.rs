@@ -45,7 +45,10 @@ pub fn decode_whole(codec: Codec, payload: &[u8], tar_len: u64) -> Result<Option
 }
 
 /// A streaming decoder over the payload bytes.
-pub fn decoder<'a>(codec: Codec, payload: impl BufRead + 'a) -> Result<Box<dyn Read + 'a>> {
+pub fn decoder<'a>(
+    codec: Codec,
+    payload: impl BufRead + Send + 'a,
+) -> Result<Box<dyn Read + Send + 'a>> {
     match codec {
         #[cfg(feature = "gzip")]
         Codec::Gzip => Ok(Box::new(flate2::bufread::GzDecoder::new(payload))),

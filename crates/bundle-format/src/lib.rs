@@ -20,6 +20,7 @@ pub mod manifest;
 #[cfg(feature = "pack")]
 pub mod pack;
 pub mod paths;
+mod readahead;
 pub mod text;
 pub mod unpack;
 

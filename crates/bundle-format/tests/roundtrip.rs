@@ -276,6 +276,69 @@ fn a_flipped_payload_byte_is_a_digest_mismatch_and_the_tree_is_not_trusted() {
     ));
 }
 
+/// A release whose payload is large enough (over 4 MiB compressed) for the
+/// threaded path: decoding and hashing on a second thread.
+fn large_release(root: &Path) {
+    sample_release(root);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = vec![0u8; 6 << 20];
+    for chunk in noise.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes());
+    }
+    fs::write(root.join("lib/noise.bin"), noise).unwrap();
+}
+
+#[test]
+fn large_payloads_round_trip_and_any_flipped_payload_byte_is_caught() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("release");
+    large_release(&src);
+    for codec in [Codec::Gzip, Codec::Zstd] {
+        let out = work.path().join(format!("large.{codec}"));
+        pack_dir(&src, &out, &options(codec)).unwrap();
+        let bytes = fs::read(&out).unwrap();
+        let payload = Bundle::open(&bytes)
+            .unwrap()
+            .layout()
+            .trailer
+            .payload
+            .clone();
+        assert!(payload.end - payload.start > 4 << 20, "{codec}: too small");
+
+        let dest = work.path().join(format!("good.{codec}"));
+        fs::create_dir(&dest).unwrap();
+        Bundle::open(&bytes)
+            .unwrap()
+            .unpack_verified(&dest)
+            .unwrap();
+        assert_eq!(snapshot(&dest), snapshot(&src), "{codec}");
+
+        // The first byte, the middle, and the very last: the decoder may
+        // stop before the end, and the rest must still be checked.
+        for at in [
+            payload.start,
+            (payload.start + payload.end) / 2,
+            payload.end - 1,
+        ] {
+            let mut bad = bytes.clone();
+            bad[at as usize] ^= 0x10;
+            let dest = work.path().join(format!("bad.{codec}.{at}"));
+            fs::create_dir(&dest).unwrap();
+            let result = Bundle::open(&bad).unwrap().unpack_verified(&dest);
+            assert!(
+                matches!(
+                    result,
+                    Err(FormatError::DigestMismatch { section: "payload" })
+                ),
+                "{codec}, byte {at}: {result:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_flipped_manifest_byte_is_caught_on_open() {
     let work = tempfile::tempdir().unwrap();
