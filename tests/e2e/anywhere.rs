@@ -21,6 +21,23 @@ fn bare_root(sandbox: &Sandbox) -> std::path::PathBuf {
     root
 }
 
+/// Where [`with_fresh_tmp`] keeps the sandbox reachable.
+const SANDBOX_ALIAS: &str = "/mnt/sydney-e2e";
+
+/// Shell commands that give the namespace a new, empty `/tmp`, followed by
+/// `script`, in which `{sandbox}` stands for the sandbox's path. The sandbox
+/// is bind-mounted at [`SANDBOX_ALIAS`] first (on a tmpfs over `/mnt`,
+/// private to the namespace), because a checkout under `/tmp` would
+/// otherwise vanish under the new `/tmp`.
+fn with_fresh_tmp(sandbox: &Sandbox, script: &str) -> String {
+    format!(
+        "mount -t tmpfs tmpfs /mnt && mkdir {SANDBOX_ALIAS} && \
+         mount --bind {} {SANDBOX_ALIAS} && mount -t tmpfs tmpfs /tmp && {}",
+        sandbox.path().display(),
+        script.replace("{sandbox}", SANDBOX_ALIAS)
+    )
+}
+
 /// `unshare --mount --pid --fork` running `script` with sh (on the host,
 /// before any chroot), killed with its namespace when the test ends.
 fn in_namespace(script: &str) -> Command {
@@ -135,11 +152,11 @@ fn only_a_noexec_tmpfs_is_writable() {
 #[test]
 fn no_environment_at_all() {
     let sandbox = Sandbox::new();
-    let bundle = sandbox.sydney_bundle();
+    sandbox.sydney_bundle(); // copied in; run below as {sandbox}/sydney-bundle
     let server = Server::start(
-        &mut in_namespace(&format!(
-            "mount -t tmpfs tmpfs /tmp && exec env -i {} start -- --port 0 --bind 127.0.0.1",
-            bundle.display()
+        &mut in_namespace(&with_fresh_tmp(
+            &sandbox,
+            "exec env -i {sandbox}/sydney-bundle start -- --port 0 --bind 127.0.0.1",
         )),
         START,
     );
@@ -195,19 +212,18 @@ fn a_full_chain_candidate_gives_way_to_the_next() {
 fn another_user_and_an_unreadable_home() {
     require_program("setpriv", "util-linux");
     let sandbox = Sandbox::new();
-    let bundle = sandbox.sydney_bundle();
+    sandbox.sydney_bundle(); // copied in; run below as {sandbox}/sydney-bundle
     fs::set_permissions(sandbox.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let home = sandbox.join("home");
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-    let b = bundle.display();
     // Root extracts first; then nobody, whose HOME it cannot read, runs the
     // same bundle from its own per-uid directory.
-    let ran = run(&mut in_namespace(&format!(
-        "mount -t tmpfs tmpfs /tmp && \
-         HOME={h} {b} exec -- --version && \
-         setpriv --reuid=65534 --regid=65534 --clear-groups env HOME={h} {b} exec -- --version && \
+    let ran = run(&mut in_namespace(&with_fresh_tmp(
+        &sandbox,
+        "HOME={sandbox}/home {sandbox}/sydney-bundle exec -- --version && \
+         setpriv --reuid=65534 --regid=65534 --clear-groups \
+         env HOME={sandbox}/home {sandbox}/sydney-bundle exec -- --version && \
          ls /tmp",
-        h = home.display()
     )));
     ran.expect_success()
         .expect_stdout("sydney 0.1.0")
