@@ -351,14 +351,7 @@ fn report(plan: &Plan, tree: &Synthetic, packs: &[Pack], extracts: &[Extract]) -
                 ]));
             }
             Err(err) => {
-                pack_table.row(vec![
-                    pack.label.clone(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    format!("not measured: {err}"),
-                ]);
+                pack_table.unmeasured(pack.label.as_str(), err);
                 failures.push(format!("large payloads, {}: {err}", pack.label));
                 pack_json.push(Json::obj([
                     ("packer", Json::from(pack.label.as_str())),
@@ -399,16 +392,7 @@ fn report(plan: &Plan, tree: &Synthetic, packs: &[Pack], extracts: &[Extract]) -
     let mut json = Vec::new();
     for extract in extracts {
         if let Some(err) = &extract.error {
-            table.row(vec![
-                extract.label.into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                format!("not measured: {err}"),
-            ]);
+            table.unmeasured(extract.label, err);
             failures.push(format!("large payloads, {}: {err}", extract.label));
             json.push(Json::obj([
                 ("extractor", Json::from(extract.label)),

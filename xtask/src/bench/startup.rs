@@ -324,15 +324,7 @@ fn report(plan: &Plan, variants: &[Variant]) -> Section {
     let mut bars = Vec::new();
     for variant in variants {
         if let Some(err) = &variant.error {
-            table.row(vec![
-                variant.name.into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                format!("not measured: {err}"),
-            ]);
+            table.unmeasured(variant.name, err);
             failures.push(format!("start-up, {}: {err}", variant.name));
             rows.push(Json::obj([
                 ("variant", Json::from(variant.name)),

@@ -32,6 +32,17 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Adds the row of something that could not be measured: its label,
+    /// "-" in every measurement column, and the reason in the last one.
+    pub fn unmeasured(&mut self, label: impl Into<String>, reason: &str) {
+        let mut cells = vec!["-".to_owned(); self.columns.len()];
+        cells[0] = label.into();
+        if let Some(last) = cells.last_mut() {
+            *last = format!("not measured: {reason}");
+        }
+        self.rows.push(cells);
+    }
+
     /// Adds a line under the table.
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
@@ -166,6 +177,18 @@ mod tests {
             table.render(),
             "### T\n\n| name     |   ms |\n| -------- | ---: |\n| direct   | 0.84 |\n\
              | makeself |      |\n\nnote\n"
+        );
+    }
+
+    #[test]
+    fn unmeasured_rows_fill_every_column() {
+        let mut table = Table::new("T", &["name", ">ms", "result"]);
+        table.unmeasured("makeself", "not installed");
+        assert_eq!(
+            table.render(),
+            "### T\n\n| name     |  ms | result                      |\n\
+             | -------- | --: | --------------------------- |\n\
+             | makeself |   - | not measured: not installed |\n"
         );
     }
 
