@@ -119,8 +119,8 @@ impl<'a> Bundle<'a> {
         self.decode(None)
     }
 
-    /// The tar stream, feeding every payload byte the decoder consumes to
-    /// `hashing` first when there is one.
+    /// The tar stream; with `hashing`, every whole [`RELEASE_CHUNK`] the
+    /// decoder consumes is fed to it (the caller hashes the rest).
     fn decode<'h>(&self, hashing: Option<&'h Mutex<Hashing>>) -> Result<Box<dyn Read + Send + 'h>>
     where
         'a: 'h,
@@ -149,9 +149,9 @@ impl<'a> Bundle<'a> {
             self.verify_payload()?;
             return unpack::unpack(self.tar_stream()?, dest);
         }
-        // The decoder thread hashes each payload region just before it
-        // inflates it, so the payload is read once, front to back, and its
-        // pages are released behind the decoder.
+        // The decoder thread hashes each payload region once the decoder
+        // has consumed it, so the payload is read once, front to back, and
+        // its pages are released behind the decoder.
         let hashing = Mutex::new(Hashing {
             hasher: Sha256::new(),
             hashed: 0,
