@@ -65,6 +65,7 @@ fn synthetic_release(dir: &std::path::Path) {
         "#!/bin/sh\n\
          echo \"root=$BUNDLE_ROOT name=$BUNDLE_NAME version=$BUNDLE_VERSION\"\n\
          echo \"args=$*\"\n\
+         echo \"keep=$KEEP_ME bundle-name-entries=$(env | grep -c '^BUNDLE_NAME=')\"\n\
          cat \"$BUNDLE_ROOT/share/data/hello.txt\"\n\
          test -x \"$BUNDLE_ROOT/lib/tool\" && echo tool-is-executable\n\
          test -x \"$BUNDLE_ROOT/share/data/hello.txt\" || echo data-is-not-executable\n\
@@ -88,11 +89,17 @@ fn synthetic_release_runs_with_symlinks_exec_bits_args_and_env() {
         options.args = vec!["default-arg".to_owned()];
         let bundle = sandbox.join("synth");
         pack(&release, &options, &bundle);
+        // The stub's variables replace stale ones (exactly once each); the
+        // rest of the environment passes through unchanged.
         let ran = run(sandbox
             .command(&bundle)
+            .env("BUNDLE_NAME", "stale")
+            .env("BUNDLE_ROOT", "/stale")
+            .env("KEEP_ME", "kept")
             .args(["start", "--", "user-arg", "--flag"]));
         ran.expect_success()
             .expect_stdout("name=synth version=1.0.0")
+            .expect_stdout("keep=kept bundle-name-entries=1\n")
             .expect_stdout("args=default-arg user-arg --flag")
             .expect_stdout("hello from the payload")
             .expect_stdout("tool-is-executable")

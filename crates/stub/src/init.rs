@@ -21,14 +21,19 @@ use crate::sys::{self, Forked};
 use crate::ui;
 
 /// Runs the entry as a child and supervises it. Never returns.
-pub fn run(bundle: &Bundle<'_>, prepared: &Prepared, argv: &[CString], envp: &[CString]) -> ! {
+pub fn run(
+    bundle: &Bundle<'_>,
+    prepared: &Prepared,
+    argv: &[CString],
+    bundle_env: &[CString],
+) -> ! {
     let previous_mask = sys::block_all_signals();
     // SAFETY: the stub is single-threaded here: the only other thread it
     // ever starts (payload hashing) is joined before launch.
     let child = match unsafe { sys::fork() } {
         Ok(Forked::Child) => {
             sys::set_signal_mask(&previous_mask);
-            let err = launch::exec(bundle, prepared, argv, envp);
+            let err = launch::exec(bundle, prepared, argv, bundle_env);
             ui::error(&format!("{err:#}"));
             sys::exit_now(i32::from(exit_for(&err).code()));
         }

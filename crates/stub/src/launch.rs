@@ -107,6 +107,12 @@ pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
 }
 
 /// Extracts, then cleans up crash leftovers and old versions.
+///
+/// This and the other paths a warm start does not take are never inlined
+/// into [`prepare`]: their stack (about 10 KB in all) would make its frame
+/// that large, and a frame over a page is probed page by page on entry,
+/// which cost every warm start two or three page faults.
+#[inline(never)]
 fn extract_into(bundle: &Bundle<'_>, root: &Path) -> Result<Tree, FormatError> {
     let extracted = tree::extract(bundle, root)?;
     if extracted.ours {
@@ -162,6 +168,7 @@ fn skipped(decision: &Decision) -> String {
 }
 
 /// Nothing writable: run the entry from memory, without a tree.
+#[inline(never)]
 fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Prepared> {
     let manifest = bundle.manifest();
     if manifest.needs_tree {
@@ -238,6 +245,7 @@ fn entry_from_payload(bundle: &Bundle<'_>, entry: &str) -> Result<File> {
 
 /// The tree is on a noexec mount: copy an ELF entry to memory, or run a
 /// script through its interpreter.
+#[inline(never)]
 fn plan_noexec(entry: &Path) -> Result<Plan> {
     let mut file =
         File::open(entry).with_context(|| format!("cannot open the entry {}", entry.display()))?;
@@ -315,7 +323,10 @@ pub fn parse_shebang(head: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
     Some((PathBuf::from(OsStr::from_bytes(interpreter)), argument))
 }
 
-/// The argument vector and environment for the entry.
+/// The argument vector for the entry, and the variables the stub sets for
+/// it (`BUNDLE_ROOT`, `BUNDLE_NAME`, `BUNDLE_VERSION`). The rest of the
+/// environment is passed on as it is, by [`sys::exec`], without copying it:
+/// copying every variable was most of the warm start's instructions.
 pub fn command_line(
     bundle: &Bundle<'_>,
     prepared: &Prepared,
@@ -344,20 +355,16 @@ pub fn command_line(
     }
     argv.extend(user_args.iter().map(|a| a.as_bytes().to_vec()));
 
-    let ours = ["BUNDLE_ROOT", "BUNDLE_NAME", "BUNDLE_VERSION"];
-    let mut envp: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(key, _)| !ours.iter().any(|o| key == o))
-        .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
-        .collect();
+    let mut bundle_env: Vec<Vec<u8>> = Vec::with_capacity(3);
     if let Some(tree) = &prepared.tree {
-        envp.push([b"BUNDLE_ROOT=", tree.path.as_os_str().as_bytes()].concat());
+        bundle_env.push([b"BUNDLE_ROOT=", tree.path.as_os_str().as_bytes()].concat());
     }
-    envp.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
-    envp.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
+    bundle_env.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
+    bundle_env.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
     let to_c = |v: Vec<u8>| CString::new(v).context("an argument or variable contains a NUL byte");
     Ok((
         argv.into_iter().map(to_c).collect::<Result<_>>()?,
-        envp.into_iter().map(to_c).collect::<Result<_>>()?,
+        bundle_env.into_iter().map(to_c).collect::<Result<_>>()?,
     ))
 }
 
@@ -367,7 +374,7 @@ pub fn exec(
     bundle: &Bundle<'_>,
     prepared: &Prepared,
     argv: &[CString],
-    envp: &[CString],
+    bundle_env: &[CString],
 ) -> anyhow::Error {
     if let Some(tree) = &prepared.tree {
         if let Err(err) = sys::keep_across_exec(&tree.lock) {
@@ -375,13 +382,15 @@ pub fn exec(
         }
     }
     let err = match &prepared.plan {
-        Plan::Path(path) => sys::exec(ExecTarget::Path(path), argv, envp),
+        Plan::Path(path) => sys::exec(ExecTarget::Path(path), argv, bundle_env),
         Plan::Memory(file) => sys::exec(
             ExecTarget::Fd(std::os::fd::AsRawFd::as_raw_fd(file)),
             argv,
-            envp,
+            bundle_env,
         ),
-        Plan::Script { interpreter, .. } => sys::exec(ExecTarget::Path(interpreter), argv, envp),
+        Plan::Script { interpreter, .. } => {
+            sys::exec(ExecTarget::Path(interpreter), argv, bundle_env)
+        }
     };
     explain_exec_error(bundle, prepared, err)
 }

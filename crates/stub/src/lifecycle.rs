@@ -245,7 +245,7 @@ pub fn daemon(
     bundle: &Bundle<'_>,
     prepared: &Prepared,
     argv: &[std::ffi::CString],
-    envp: &[std::ffi::CString],
+    bundle_env: &[std::ffi::CString],
 ) -> Result<i32> {
     let name = &bundle.manifest().name;
     let state = state_dir(bundle, &prepared.decision)?;
@@ -293,7 +293,7 @@ pub fn daemon(
                         .and_then(|()| sys::dup_onto(&log, 2))
                         .and_then(|()| sys::keep_across_exec(&lock));
                     let err = match setup {
-                        Ok(()) => launch::exec(bundle, prepared, argv, envp),
+                        Ok(()) => launch::exec(bundle, prepared, argv, bundle_env),
                         Err(err) => anyhow::Error::new(err).context("cannot set up the daemon"),
                     };
                     let code = exit_for(&err).code();

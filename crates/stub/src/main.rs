@@ -150,10 +150,10 @@ fn run(command: Command) -> Result<()> {
 fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyhow::Error {
     let result = (|| {
         let prepared = launch::prepare(bundle)?;
-        let (argv, envp) = launch::command_line(bundle, &prepared, default_args, user_args)?;
-        Ok::<_, anyhow::Error>((prepared, argv, envp))
+        let (argv, bundle_env) = launch::command_line(bundle, &prepared, default_args, user_args)?;
+        Ok::<_, anyhow::Error>((prepared, argv, bundle_env))
     })();
-    let (prepared, argv, envp) = match result {
+    let (prepared, argv, bundle_env) = match result {
         Ok(ready) => ready,
         Err(err) => return err,
     };
@@ -161,15 +161,15 @@ fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyho
     // started it (a shell, systemd, docker). Recording it would cost a
     // synchronous rename on every start (ext4 flushes replaced files).
     if sys::getpid() == 1 && std::env::var_os("SYDNEY_BUNDLE_INIT").is_none_or(|v| v != "0") {
-        init::run(bundle, &prepared, &argv, &envp);
+        init::run(bundle, &prepared, &argv, &bundle_env);
     }
-    launch::exec(bundle, &prepared, &argv, &envp)
+    launch::exec(bundle, &prepared, &argv, &bundle_env)
 }
 
 fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
     let prepared = launch::prepare(bundle)?;
-    let (argv, envp) = launch::command_line(bundle, &prepared, true, user_args)?;
-    let pid = lifecycle::daemon(bundle, &prepared, &argv, &envp)?;
+    let (argv, bundle_env) = launch::command_line(bundle, &prepared, true, user_args)?;
+    let pid = lifecycle::daemon(bundle, &prepared, &argv, &bundle_env)?;
     let state = lifecycle::state_dir(bundle, &prepared.decision)?;
     println!(
         "started {} (pid {pid}); log: {}",

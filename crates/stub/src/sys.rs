@@ -144,11 +144,14 @@ pub enum ExecTarget<'a> {
 
 /// Replaces this process with `target`. Returns only on failure.
 ///
+/// The entry's environment is this process's, minus any variable that
+/// `bundle_env` sets (each `NAME=value`), followed by `bundle_env`.
+///
 /// SIGPIPE goes back to its default first: Rust's runtime ignores it in the
 /// stub, and an ignored signal stays ignored across exec, which would change
 /// how the entry (say, a shell script with a pipeline) behaves. This is what
 /// std's `Command` does for its children too.
-pub fn exec(target: ExecTarget<'_>, argv: &[CString], envp: &[CString]) -> io::Error {
+pub fn exec(target: ExecTarget<'_>, argv: &[CString], bundle_env: &[CString]) -> io::Error {
     // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety
     // preconditions; no handler is involved.
     unsafe {
@@ -159,11 +162,7 @@ pub fn exec(target: ExecTarget<'_>, argv: &[CString], envp: &[CString]) -> io::E
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let envp_ptrs: Vec<*const libc::c_char> = envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let envp_ptrs = environment_for_entry(bundle_env);
     match target {
         ExecTarget::Path(path) => {
             let path = match cstring(path) {
@@ -191,6 +190,60 @@ pub fn exec(target: ExecTarget<'_>, argv: &[CString], envp: &[CString]) -> io::E
         }
     }
     io::Error::last_os_error()
+}
+
+/// The entry's environment as exec wants it: pointers to this process's
+/// variables that `bundle_env` does not set, then to `bundle_env`, then null.
+fn environment_for_entry(bundle_env: &[CString]) -> Vec<*const libc::c_char> {
+    let set_names: Vec<&[u8]> = bundle_env.iter().map(|v| env_name(v.to_bytes())).collect();
+    let inherited = inherited_environment();
+    let mut envp = Vec::with_capacity(inherited.size_hint().0 + bundle_env.len() + 1);
+    envp.extend(
+        inherited
+            .filter(|entry| !set_names.contains(&env_name(entry.to_bytes())))
+            .map(CStr::as_ptr),
+    );
+    envp.extend(bundle_env.iter().map(|v| v.as_ptr()));
+    envp.push(std::ptr::null());
+    envp
+}
+
+/// `NAME` of a `NAME=value` environment entry (the whole entry if it has
+/// no `=`).
+fn env_name(entry: &[u8]) -> &[u8] {
+    entry.split(|&b| b == b'=').next().unwrap_or(entry)
+}
+
+/// This process's environment, as the C library holds it: borrowed, not
+/// copied (copying it was the largest cost of a warm start).
+fn inherited_environment() -> impl Iterator<Item = &'static CStr> {
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: `environ` is the C library's NULL-terminated array of
+    // NUL-terminated strings. The stub never changes its environment (no
+    // setenv, putenv or std::env::set_var anywhere), so the array and its
+    // strings stay valid and unchanged until exec or exit; 'static is
+    // therefore sound for this process. It can be null when the process was
+    // started with no environment at all.
+    let mut next = unsafe { environ };
+    std::iter::from_fn(move || {
+        if next.is_null() {
+            return None;
+        }
+        // SAFETY: `next` points into the array described above, at or
+        // before its terminating null pointer.
+        let entry = unsafe { *next };
+        if entry.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null entry is a NUL-terminated string (see above);
+        // the array continues at least to its terminator.
+        unsafe {
+            next = next.add(1);
+            Some(CStr::from_ptr(entry))
+        }
+    })
 }
 
 /// The path this program was executed as (`getauxval(AT_EXECFN)`), which the
@@ -377,4 +430,53 @@ pub fn map_own_executable(file: &File) -> io::Result<memmap2::Mmap> {
     // inode intact. Every offset read is first checked against the map's
     // length (bundle_format::layout::locate), so no read goes past the end.
     unsafe { memmap2::Mmap::map(file) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name(b"HOME=/root"), b"HOME");
+        assert_eq!(env_name(b"EMPTY="), b"EMPTY");
+        assert_eq!(env_name(b"A=b=c"), b"A");
+        assert_eq!(env_name(b"NOEQUALS"), b"NOEQUALS");
+    }
+
+    #[test]
+    fn the_inherited_environment_is_the_process_environment() {
+        use std::os::unix::ffi::OsStrExt;
+        let ours: Vec<Vec<u8>> = inherited_environment()
+            .map(|e| e.to_bytes().to_vec())
+            .collect();
+        let std_view: Vec<Vec<u8>> = std::env::vars_os()
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect();
+        assert!(!ours.is_empty());
+        assert_eq!(ours, std_view);
+    }
+
+    #[test]
+    fn bundle_variables_replace_inherited_ones() {
+        let set = [
+            c"PATH=/replaced".to_owned(),
+            c"SYDNEY_TEST_NEW=1".to_owned(),
+        ];
+        let envp = environment_for_entry(&set);
+        assert!(envp.last().unwrap().is_null());
+        let entries: Vec<&[u8]> = envp[..envp.len() - 1]
+            .iter()
+            // SAFETY: every pointer but the last is a NUL-terminated string
+            // from the environment or from `set`, all alive here.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_bytes())
+            .collect();
+        let paths: Vec<_> = entries.iter().filter(|e| e.starts_with(b"PATH=")).collect();
+        assert_eq!(paths, [&&b"PATH=/replaced"[..]]);
+        assert_eq!(
+            entries[entries.len() - 2..],
+            [&b"PATH=/replaced"[..], b"SYDNEY_TEST_NEW=1"]
+        );
+        assert_eq!(entries.len(), inherited_environment().count() + 1);
+    }
 }
