@@ -174,7 +174,11 @@ fn variants(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Vec<Variant>> {
     fs::create_dir_all(runs)?;
     fs::set_permissions(runs, fs::Permissions::from_mode(0o700))?;
 
-    let direct = Variant::new("direct", art.release.join("bin/sydney"), false);
+    // The server reads $BUNDLE_ROOT/etc/sydney.toml when the bundle runs it;
+    // run directly, it gets the same variable, so both do the same work and
+    // the difference is the launcher alone.
+    let mut direct = Variant::new("direct", art.release.join("bin/sydney"), false);
+    direct.env.push(("BUNDLE_ROOT", art.release.clone()));
     let bundle = |name, file: &Path, cache: &str, cold: bool| {
         let mut variant = Variant::new(name, file.to_owned(), true);
         variant.args = vec!["start".into(), "--".into()];
@@ -392,9 +396,13 @@ fn report(plan: &Plan, variants: &[Variant]) -> Section {
     }
     table.note(format!(
         "{} timed runs per variant after one warm-up round, interleaved round-robin; \
-         `GET /` polled every 0.25 ms; a fresh port per run; each run's process group \
-         killed (SIGKILL) and reaped after its 200.",
-        plan.startup_runs
+         `GET /` polled every {} µs (so each reading is late by up to one step, for \
+         every variant alike); a fresh port per run; each run's process group \
+         killed (SIGKILL) and reaped after its 200. `direct` runs the server with \
+         BUNDLE_ROOT set to the release folder, so it reads the same config file \
+         as under the bundle.",
+        plan.startup_runs,
+        proc::POLL.as_micros()
     ));
     table.note(PEERS);
     let panel = Panel {
