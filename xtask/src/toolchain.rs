@@ -173,6 +173,10 @@ impl Toolchain {
 
     /// Builds the stub that decodes `codec` only.
     pub fn build_stub(&self, codec: Codec) -> Result<PathBuf> {
+        // Both codecs' stubs are built to the same path; without the lock a
+        // concurrent xtask building the other codec could replace the file
+        // between our build and our copy, and we would keep the wrong stub.
+        let _lock = self.lock_stub_builds()?;
         let built = self.build("bundle-stub", "bundle-stub", "stub", &[codec.name()])?;
         // The next build with another codec overwrites the same path.
         let mut kept = stub_path(codec);
@@ -181,6 +185,23 @@ impl Toolchain {
         }
         copy_file(&built, &kept)?;
         Ok(kept)
+    }
+
+    /// An exclusive lock, held until the returned file is dropped, that
+    /// serialises stub builds between xtask processes.
+    fn lock_stub_builds(&self) -> Result<std::fs::File> {
+        let dir = self.target_dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("stub-build.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
     }
 
     /// Builds the server.
