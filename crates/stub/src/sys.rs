@@ -196,10 +196,9 @@ pub fn exec(target: ExecTarget<'_>, argv: &[CString], bundle_env: &[CString]) ->
 /// variables that `bundle_env` does not set, then to `bundle_env`, then null.
 fn environment_for_entry(bundle_env: &[CString]) -> Vec<*const libc::c_char> {
     let set_names: Vec<&[u8]> = bundle_env.iter().map(|v| env_name(v.to_bytes())).collect();
-    let inherited = inherited_environment();
-    let mut envp = Vec::with_capacity(inherited.size_hint().0 + bundle_env.len() + 1);
+    let mut envp = Vec::with_capacity(inherited_environment().count() + bundle_env.len() + 1);
     envp.extend(
-        inherited
+        inherited_environment()
             .filter(|entry| !set_names.contains(&env_name(entry.to_bytes())))
             .map(CStr::as_ptr),
     );
