@@ -351,12 +351,14 @@ fn report(plan: &Plan, tree: &Synthetic, packs: &[Pack], extracts: &[Extract]) -
                 ]));
             }
             Err(err) => {
-                pack_table.unmeasured(pack.label.as_str(), err);
-                failures.push(format!("large payloads, {}: {err}", pack.label));
-                pack_json.push(Json::obj([
-                    ("packer", Json::from(pack.label.as_str())),
-                    ("error", Json::from(err.as_str())),
-                ]));
+                super::report_unmeasured(
+                    "large payloads",
+                    ("packer", &pack.label),
+                    err,
+                    &mut pack_table,
+                    &mut failures,
+                    &mut pack_json,
+                );
             }
         }
     }
@@ -392,12 +394,14 @@ fn report(plan: &Plan, tree: &Synthetic, packs: &[Pack], extracts: &[Extract]) -
     let mut json = Vec::new();
     for extract in extracts {
         if let Some(err) = &extract.error {
-            table.unmeasured(extract.label, err);
-            failures.push(format!("large payloads, {}: {err}", extract.label));
-            json.push(Json::obj([
-                ("extractor", Json::from(extract.label)),
-                ("error", Json::from(err.as_str())),
-            ]));
+            super::report_unmeasured(
+                "large payloads",
+                ("extractor", extract.label),
+                err,
+                &mut table,
+                &mut failures,
+                &mut json,
+            );
             continue;
         }
         let rate = mb / extract.median();

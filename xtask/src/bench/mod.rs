@@ -133,6 +133,25 @@ pub struct Section {
     pub svgs: Vec<(&'static str, String)>,
 }
 
+/// Reports a row that could not be measured in all three places a section
+/// reports to: a "not measured" row in `table`, a line in `failures` (which
+/// makes the run fail), and `{key: label, "error": err}` in `rows`.
+pub fn report_unmeasured(
+    section: &str,
+    (key, label): (&str, &str),
+    err: &str,
+    table: &mut Table,
+    failures: &mut Vec<String>,
+    rows: &mut Vec<Json>,
+) {
+    table.unmeasured(label, err);
+    failures.push(format!("{section}, {label}: {err}"));
+    rows.push(Json::obj([
+        (key, Json::from(label)),
+        ("error", Json::from(err)),
+    ]));
+}
+
 /// Runs the benchmarks and writes the report.
 pub fn run(quick: bool) -> Result<()> {
     let started = Instant::now();
@@ -476,4 +495,33 @@ fn machine_line(machine: &Json) -> String {
         field("loadavg_before"),
         field("loadavg_after")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unmeasured_row_is_reported_everywhere() {
+        let mut table = Table::new("T", &["variant", ">ms"]);
+        let (mut failures, mut rows) = (Vec::new(), Vec::new());
+        report_unmeasured(
+            "start-up",
+            ("variant", "makeself"),
+            "not installed",
+            &mut table,
+            &mut failures,
+            &mut rows,
+        );
+        assert!(
+            table
+                .render()
+                .contains("| makeself | not measured: not installed |")
+        );
+        assert_eq!(failures, ["start-up, makeself: not installed"]);
+        assert_eq!(
+            Json::Arr(rows).render(),
+            "[\n  {\n    \"variant\": \"makeself\",\n    \"error\": \"not installed\"\n  }\n]\n"
+        );
+    }
 }

@@ -328,12 +328,14 @@ fn report(plan: &Plan, variants: &[Variant]) -> Section {
     let mut bars = Vec::new();
     for variant in variants {
         if let Some(err) = &variant.error {
-            table.unmeasured(variant.name, err);
-            failures.push(format!("start-up, {}: {err}", variant.name));
-            rows.push(Json::obj([
-                ("variant", Json::from(variant.name)),
-                ("error", Json::from(err.as_str())),
-            ]));
+            super::report_unmeasured(
+                "start-up",
+                ("variant", variant.name),
+                err,
+                &mut table,
+                &mut failures,
+                &mut rows,
+            );
             continue;
         }
         let median = variant.median();
