@@ -189,12 +189,13 @@ fn kill_9_during_extraction_then_a_start_succeeds_and_cleans_up() {
     options.level = 1;
     pack(&release, &options, &bundle);
 
-    let mut first = sandbox
-        .command(&bundle)
-        .args(["start", "--", "--port", "0"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn(
+        sandbox
+            .command(&bundle)
+            .args(["start", "--", "--port", "0"])
+            .stderr(std::process::Stdio::null()),
+    )
+    .unwrap();
     eventually(Duration::from_secs(30), "a temp dir to appear", || {
         !cache_contents(&sandbox.cache()).1.is_empty()
     });
@@ -239,11 +240,7 @@ fn older_versions_are_collected_unless_in_use() {
     };
     // v1 keeps running (holding its tree); v2..v5 run once and exit.
     let v1 = bundle_for("1");
-    let mut running = sandbox
-        .command(&v1)
-        .args(["start", "--", "30"])
-        .spawn()
-        .unwrap();
+    let mut running = spawn(sandbox.command(&v1).args(["start", "--", "30"])).unwrap();
     eventually(Duration::from_secs(10), "v1's tree", || {
         cache_contents(&sandbox.cache()).0.len() == 1
     });

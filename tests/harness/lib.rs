@@ -280,6 +280,27 @@ pub fn describe(command: &Command) -> String {
     line
 }
 
+/// Spawns `command`, retrying while the kernel says "text file busy".
+///
+/// The tests write executables (bundles, scripts) and run them at once,
+/// from many threads. Another thread's child, between its fork and its
+/// exec, may still hold a copy of the descriptor a file was written through
+/// (O_CLOEXEC closes it only at exec), and exec'ing the file then fails
+/// with ETXTBSY. The window is that short, so waiting a little suffices.
+pub fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    const TEXT_FILE_BUSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(err) if err.raw_os_error() == Some(TEXT_FILE_BUSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Runs `command` with a timeout (default 60 s) and captures its output.
 pub fn run(command: &mut Command) -> Ran {
     run_timeout(command, Duration::from_secs(60))
@@ -288,12 +309,11 @@ pub fn run(command: &mut Command) -> Ran {
 /// Runs `command`, killing it after `timeout`.
 pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
     let line = describe(command);
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {line}: {err}"));
+        .stderr(Stdio::piped());
+    let mut child = spawn(command).unwrap_or_else(|err| panic!("cannot run {line}: {err}"));
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
@@ -359,13 +379,12 @@ impl Server {
     pub fn try_start(command: &mut Command, timeout: Duration) -> Result<Server, String> {
         use std::os::unix::process::CommandExt;
         let line = describe(command);
-        let mut child = command
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|err| format!("cannot run {line}: {err}"))?;
+            .process_group(0);
+        let mut child = spawn(command).map_err(|err| format!("cannot run {line}: {err}"))?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let reader = BufReader::new(child.stderr.take().unwrap());
@@ -591,4 +610,28 @@ pub fn require_program(program: &str, package: &str) {
         found,
         "`{program}` is not installed; install the Debian package `{package}` (.ci/run does)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_waits_out_a_busy_executable() {
+        let dir = std::env::temp_dir().join(format!("sydney-harness-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("busy");
+        // Still open for writing: exec fails with ETXTBSY until it is closed.
+        let mut writer = fs::File::create(&script).unwrap();
+        writer.write_all(b"#!/bin/sh\nexit 7\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(writer);
+        });
+        let status = spawn(&mut Command::new(&script)).unwrap().wait().unwrap();
+        closer.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(status.code(), Some(7));
+    }
 }
