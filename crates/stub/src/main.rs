@@ -6,6 +6,7 @@
 //! that a release runs and is managed where no shell exists. See
 //! ARCHITECTURE.md for the moving parts and docs/EXIT_CODES.md for exit codes.
 
+mod arena;
 mod cache;
 mod cli;
 mod exit;
@@ -28,6 +29,10 @@ use argh::FromArgs;
 use bundle_format::Bundle;
 
 use crate::cli::{Cli, Command};
+
+/// Small allocations from a static arena: see `arena` for why.
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
 use crate::exit::{Exit, coded, exit_for};
 
 fn main() -> ExitCode {
