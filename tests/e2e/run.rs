@@ -334,3 +334,85 @@ fn inspect_and_verify_describe_the_bundle() {
         .expect_stderr("changed: etc/sydney.toml")
         .expect_stderr("extra: stray");
 }
+
+/// Runs `bundle version`, stopped right after its exec (ptrace) while
+/// `replacement` is renamed over the bundle's path, the way a deployment
+/// replaces a file; returns what it printed.
+fn version_after_replacing(bundle: &std::path::Path, replacement: &std::path::Path) -> Ran {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let mut command = std::process::Command::new(bundle);
+    command
+        .arg("version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: ptrace(PTRACE_TRACEME) is a plain system call, safe between
+    // fork and exec; it makes the child stop with SIGTRAP once exec is done.
+    unsafe {
+        command.pre_exec(|| {
+            let null = std::ptr::null_mut::<libc::c_void>();
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, null, null) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = describe(&command);
+    let child = spawn(&mut command).unwrap_or_else(|err| panic!("cannot run {line}: {err}"));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waits for our own child's stop; `status` is a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGTRAP,
+        "{line} did not stop after exec (status {status:#x})"
+    );
+    // The process now runs the old image, and has not opened anything yet.
+    fs::rename(replacement, bundle).unwrap();
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: detaches from our stopped tracee, letting it run on.
+    let detached = unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, null, null) };
+    assert_eq!(detached, 0, "detach: {}", std::io::Error::last_os_error());
+    Ran {
+        line,
+        output: child.wait_with_output().unwrap(),
+    }
+}
+
+/// The stub reads its payload through the path it was started by
+/// (AT_EXECFN; opening /proc/self/exe costs 20-30 µs of every start), but
+/// only while the file there is the image it runs. Replaced by another
+/// build between exec and start-up, it reads its own file through
+/// /proc/self/exe; replaced by the same build with another payload, it
+/// reads the new file (the same code would have read it either way).
+#[test]
+fn a_bundle_replaced_right_after_exec_reads_the_right_file() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("other-release");
+    write_exec(&release.join("bin/other"), "#!/bin/sh\nexit 0\n");
+    let mut options = pack_options("other", "bin/other", Codec::Zstd);
+    options.version = "9.9.9".to_owned();
+
+    // Another build of the stub (the zstd one): the original payload runs.
+    let bundle = sandbox.sydney_bundle();
+    let other_build = sandbox.join("other-build");
+    pack(&release, &options, &other_build);
+    version_after_replacing(&bundle, &other_build)
+        .expect_success()
+        .expect_stdout("sydney 0.1.0\n");
+    run(sandbox.command(&bundle).arg("version")).expect_stdout("other 9.9.9\n");
+
+    // The same build of the stub with another payload: read from the path.
+    fs::remove_file(&bundle).unwrap();
+    let bundle = sandbox.sydney_bundle();
+    let same_build = sandbox.join("same-build");
+    options.codec = Codec::Gzip;
+    options.level = bundle_format::codec::default_level(Codec::Gzip);
+    pack(&release, &options, &same_build);
+    version_after_replacing(&bundle, &same_build)
+        .expect_success()
+        .expect_stdout("other 9.9.9\n");
+}

@@ -1,8 +1,12 @@
-//! How long the stub's ELF image is, so a file with no trailer can be
-//! explained: nothing appended (stripped) or cut short (truncated).
+//! Reading the stub's own ELF image: how long it is, so a file with no
+//! trailer can be explained (nothing appended, or cut short), and where its
+//! build-id note lies, so the stub can check that a file is the very image
+//! it is running.
+
+use std::ops::Range;
 
 use object::Endianness;
-use object::elf::FileHeader64;
+use object::elf::{FileHeader64, NT_GNU_BUILD_ID, PF_R, PT_LOAD, PT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 
 /// Length of the ELF image at the start of `file`: the furthest byte any
@@ -42,6 +46,71 @@ pub fn image_len(file: &[u8]) -> Option<u64> {
         }
     }
     Some(end)
+}
+
+/// Where the parts of an executable that identify its build lie, in the
+/// file and in memory once loaded (addresses before the load bias).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageIdentity {
+    /// File range of the program header table.
+    pub program_headers: Range<usize>,
+    /// Its address when loaded.
+    pub program_headers_addr: u64,
+    /// File range of the note segment that holds the build id.
+    pub build_id_note: Range<usize>,
+    /// Its address when loaded.
+    pub build_id_note_addr: u64,
+}
+
+/// Finds the program header table and the note segment holding an
+/// `NT_GNU_BUILD_ID` note of the 64-bit ELF executable at the start of
+/// `file`. Both must lie inside readable loadable segments, so that a
+/// process running this image has them mapped at their address plus its
+/// load bias.
+/// `None` if `file` is not such an executable or has no build id.
+pub fn image_identity(file: &[u8]) -> Option<ImageIdentity> {
+    let header = FileHeader64::<Endianness>::parse(file).ok()?;
+    let endian = header.endian().ok()?;
+    let segments = header.program_headers(endian, file).ok()?;
+    let loaded_addr = |offset: u64, len: u64| {
+        segments
+            .iter()
+            .filter(|s| s.p_type(endian) == PT_LOAD && s.p_flags(endian) & PF_R != 0)
+            .find(|s| {
+                let start = s.p_offset(endian);
+                offset >= start
+                    && offset.saturating_add(len) <= start.saturating_add(s.p_filesz(endian))
+            })
+            .map(|s| s.p_vaddr(endian).wrapping_add(offset - s.p_offset(endian)))
+    };
+    let to_range = |offset: u64, len: u64| -> Option<Range<usize>> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        (end <= file.len()).then_some(start..end)
+    };
+
+    let phoff = header.e_phoff(endian);
+    let phlen = u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
+    let program_headers = to_range(phoff, phlen)?;
+    let program_headers_addr = loaded_addr(phoff, phlen)?;
+
+    let note = segments.iter().find(|s| {
+        s.p_type(endian) == PT_NOTE
+            && s.notes(endian, file)
+                .ok()
+                .flatten()
+                .is_some_and(|mut notes| {
+                    std::iter::from_fn(|| notes.next().ok().flatten())
+                        .any(|n| n.name() == b"GNU" && n.n_type(endian) == NT_GNU_BUILD_ID)
+                })
+    })?;
+    let (offset, len) = (note.p_offset(endian), note.p_filesz(endian));
+    Some(ImageIdentity {
+        program_headers,
+        program_headers_addr,
+        build_id_note: to_range(offset, len)?,
+        build_id_note_addr: loaded_addr(offset, len)?,
+    })
 }
 
 #[cfg(test)]
@@ -90,6 +159,30 @@ mod tests {
         let mut huge = header(u64::MAX - 3, 4);
         huge.resize(64, 0);
         assert_eq!(image_len(&huge), None);
+    }
+
+    #[test]
+    fn this_test_binary_has_an_identity() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let id = image_identity(&exe).expect("cargo links with a build id");
+        // A note holds at least its 12-byte header, the name and the id.
+        assert!(id.build_id_note.len() > 16);
+        assert_eq!(id.program_headers.len() % 56, 0);
+        assert!(
+            exe[id.build_id_note.clone()]
+                .windows(4)
+                .any(|w| w == b"GNU\0")
+        );
+    }
+
+    #[test]
+    fn no_identity_without_a_build_id_or_elf() {
+        assert_eq!(image_identity(&header(0, 0)), None);
+        assert_eq!(image_identity(b"#!/bin/sh\n"), None);
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let id = image_identity(&exe).unwrap();
+        // Cut short inside the note: not an identity any more.
+        assert_eq!(image_identity(&exe[..id.build_id_note.start + 4]), None);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Finding and mapping the bundle file we are running from.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use memmap2::Mmap;
+
+/// The running executable, when /proc is mounted.
+const PROC_SELF_EXE: &str = "/proc/self/exe";
 
 /// The bundle file, mapped read-only.
 #[derive(Debug)]
@@ -19,14 +22,38 @@ impl SelfFile {
     /// The bundle's real path, for messages (resolved only when needed: the
     /// start-up path never asks).
     pub fn path(&self) -> PathBuf {
-        std::fs::read_link(&self.opened_as).unwrap_or_else(|_| self.opened_as.clone())
+        let real = if self.opened_as == Path::new(PROC_SELF_EXE) {
+            std::fs::read_link(&self.opened_as)
+        } else {
+            std::fs::canonicalize(&self.opened_as)
+        };
+        real.unwrap_or_else(|_| self.opened_as.clone())
     }
 }
 
-/// Opens the running executable: `/proc/self/exe`, else the path the kernel
-/// recorded at exec (`AT_EXECFN`, present without /proc), else `argv[0]`
-/// (searched in `PATH` when it has no slash).
+/// Opens the running executable.
+///
+/// First the path we were started by (`AT_EXECFN`), if the file there is
+/// still the image we are running (same program headers and build id; it
+/// is not if it was replaced since exec). Opening it costs a path lookup;
+/// `/proc/self/exe` costs building the /proc entries of a new process,
+/// 20-30 µs of every start. Then `/proc/self/exe`, which is right even if
+/// the file was replaced; then `AT_EXECFN` whatever it holds now (no /proc,
+/// as in an empty chroot); then `argv[0]` (searched in `PATH` when it has
+/// no slash).
 pub fn open() -> Result<SelfFile> {
+    if let Some(path) = crate::sys::exec_path_from_auxv() {
+        if let Some(map) = File::open(&path)
+            .ok()
+            .and_then(|file| crate::sys::map_own_executable(&file).ok())
+            .filter(|map| crate::sys::is_running_image(map))
+        {
+            return Ok(SelfFile {
+                opened_as: path,
+                map,
+            });
+        }
+    }
     let mut tried = Vec::new();
     for candidate in candidates() {
         match File::open(&candidate) {
@@ -41,7 +68,7 @@ pub fn open() -> Result<SelfFile> {
 }
 
 fn candidates() -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from("/proc/self/exe")];
+    let mut out = vec![PathBuf::from(PROC_SELF_EXE)];
     if let Some(path) = crate::sys::exec_path_from_auxv() {
         out.push(path);
     }
