@@ -29,11 +29,11 @@ use argh::FromArgs;
 use bundle_format::Bundle;
 
 use crate::cli::{Cli, Command};
+use crate::exit::{Exit, coded, exit_for};
 
 /// Small allocations from a static arena: see `arena` for why.
 #[global_allocator]
 static ALLOCATOR: arena::Arena = arena::Arena::new();
-use crate::exit::{Exit, coded, exit_for};
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();

@@ -42,20 +42,21 @@ impl SelfFile {
 /// as in an empty chroot); then `argv[0]` (searched in `PATH` when it has
 /// no slash).
 pub fn open() -> Result<SelfFile> {
-    if let Some(path) = crate::sys::exec_path_from_auxv() {
-        if let Some(map) = File::open(&path)
+    let exec_path = crate::sys::exec_path_from_auxv();
+    if let Some(path) = &exec_path {
+        if let Some(map) = File::open(path)
             .ok()
             .and_then(|file| crate::sys::map_own_executable(&file).ok())
             .filter(|map| crate::sys::is_running_image(map))
         {
             return Ok(SelfFile {
-                opened_as: path,
+                opened_as: path.clone(),
                 map,
             });
         }
     }
     let mut tried = Vec::new();
-    for candidate in candidates() {
+    for candidate in candidates(exec_path) {
         match File::open(&candidate) {
             Ok(file) => return map(file, candidate),
             Err(err) => tried.push(format!("{}: {err}", candidate.display())),
@@ -67,11 +68,10 @@ pub fn open() -> Result<SelfFile> {
     )
 }
 
-fn candidates() -> Vec<PathBuf> {
+/// Where to look when `AT_EXECFN` is not the running image as it stands.
+fn candidates(exec_path: Option<PathBuf>) -> Vec<PathBuf> {
     let mut out = vec![PathBuf::from(PROC_SELF_EXE)];
-    if let Some(path) = crate::sys::exec_path_from_auxv() {
-        out.push(path);
-    }
+    out.extend(exec_path);
     if let Some(argv0) = std::env::args_os().next().map(PathBuf::from) {
         if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
             out.push(argv0);
