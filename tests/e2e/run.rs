@@ -416,3 +416,54 @@ fn a_bundle_replaced_right_after_exec_reads_the_right_file() {
         .expect_success()
         .expect_stdout("other 9.9.9\n");
 }
+
+/// The shipped stubs are laid out for a fast warm start (see
+/// xtask/src/warm_order.rs): a static executable at a fixed address, so
+/// nothing is relocated at start-up, with the warm path's functions side by
+/// side in `.text.warm`. Fails when `crates/stub/warm-path.ld` has drifted
+/// from the code: `cargo xtask warm-order` regenerates it.
+#[test]
+fn stubs_are_linked_for_a_fast_warm_start() {
+    let a = artifacts();
+    for stub in [&a.stub_gzip, &a.stub_zstd] {
+        let header = fs::read(stub).unwrap();
+        // e_type 2 is ET_EXEC: not a position-independent executable.
+        assert_eq!(
+            u16::from_le_bytes([header[16], header[17]]),
+            2,
+            "{} is not a fixed-address static executable",
+            stub.display()
+        );
+        let mut summary_path = stub.clone().into_os_string();
+        summary_path.push(".warm-order");
+        let summary = fs::read_to_string(&summary_path).unwrap_or_else(|err| {
+            panic!(
+                "{}: {err} (written by every stub build)",
+                std::path::Path::new(&summary_path).display()
+            )
+        });
+        let field = |key: &str| -> u64 {
+            summary
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {key} in {summary}"))
+                .parse()
+                .unwrap()
+        };
+        let (patterns, matched, bytes) = (field("patterns"), field("matched"), field("bytes"));
+        assert!(
+            patterns >= 50,
+            "only {patterns} warm-path patterns:\n{summary}"
+        );
+        assert!(
+            matched * 10 >= patterns * 9,
+            "{} of {patterns} warm-path patterns no longer match the code; run \
+             `cargo xtask warm-order` to regenerate crates/stub/warm-path.ld:\n{summary}",
+            patterns - matched
+        );
+        assert!(
+            bytes >= 32 * 1024,
+            "the warm path holds only {bytes} bytes:\n{summary}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ mod pack;
 mod test;
 mod toolchain;
 mod util;
+mod warm_order;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ enum Task {
     Docker(DockerArgs),
     Test(TestArgs),
     Bench(BenchArgs),
+    WarmOrder(WarmOrderArgs),
 }
 
 /// Build the bundle, then start it in the foreground (Ctrl-C stops it).
@@ -155,6 +157,20 @@ struct BenchArgs {
     quick: bool,
 }
 
+/// Regenerate crates/stub/warm-path.ld, the list that lays out the stub's
+/// warm-start code together (needs valgrind; installs it with apt-get when
+/// it can).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "warm-order",
+    note = "Builds an unstripped stub with a link map, runs one warm start under callgrind up \
+            to the entry's execve, and writes the functions that ran as linker patterns. Run \
+            it after changing the code a warm start runs; every stub build reports patterns \
+            that have gone stale."
+)]
+struct WarmOrderArgs {}
+
 fn parse_target(value: &str) -> Result<&'static str, String> {
     match value {
         "musl" => Ok(toolchain::MUSL),
@@ -247,6 +263,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test(args) => test::run(&args.args)?,
         Task::Bench(args) => bench::run(args.quick)?,
+        Task::WarmOrder(_) => warm_order::generate()?,
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use bundle_format::Codec;
 
 use crate::util::{self, command};
+use crate::warm_order;
 
 /// The preferred target.
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -40,6 +41,8 @@ pub struct Toolchain {
     /// A C compiler to use for the musl target's C code (libdeflate, zstd)
     /// when no musl cross compiler is installed.
     pub musl_cc_fallback: Option<&'static str>,
+    /// Keep the stub's symbols (for `cargo xtask warm-order`).
+    pub keep_symbols: bool,
 }
 
 impl Toolchain {
@@ -85,6 +88,7 @@ impl Toolchain {
             rustc_version,
             target_dir: default_target_dir(),
             musl_cc_fallback,
+            keep_symbols: false,
         })
     }
 
@@ -96,17 +100,24 @@ impl Toolchain {
 
     /// Builds `bin` of `package` with cargo profile `profile` and `features`
     /// (default features off) and returns the executable's path.
+    /// `final_args` go to rustc for `bin` only (`cargo rustc`), so they
+    /// change neither the dependencies nor the standard library build.
     pub fn build(
         &self,
         package: &str,
         bin: &str,
         profile: &str,
         features: &[&str],
+        final_args: &[String],
     ) -> Result<PathBuf> {
         let mut cargo = command(util::cargo());
         cargo
             .args([
-                "build",
+                if final_args.is_empty() {
+                    "build"
+                } else {
+                    "rustc"
+                },
                 "--profile",
                 profile,
                 "--locked",
@@ -132,6 +143,9 @@ impl Toolchain {
         }
         // A developer's own flags would change the bytes.
         cargo.env_remove("CARGO_ENCODED_RUSTFLAGS");
+        if !final_args.is_empty() {
+            cargo.arg("--").args(final_args);
+        }
         util::run(&mut cargo)?;
         Ok(self.target_dir().join(self.target).join(profile).join(bin))
     }
@@ -177,14 +191,51 @@ impl Toolchain {
         // concurrent xtask building the other codec could replace the file
         // between our build and our copy, and we would keep the wrong stub.
         let _lock = self.lock_stub_builds()?;
-        let built = self.build("bundle-stub", "bundle-stub", "stub", &[codec.name()])?;
+        let (built, map) = self.link_stub(codec)?;
         // The next build with another codec overwrites the same path.
         let mut kept = stub_path(codec);
         if self.target != MUSL {
             kept.set_file_name(format!("bundle-stub-{}-{}", codec.name(), self.target));
         }
         copy_file(&built, &kept)?;
+        // How well the warm-path layout still fits the code: reported now,
+        // and kept for the end-to-end test that fails when it has drifted.
+        let map_text = std::fs::read_to_string(&map)
+            .with_context(|| format!("cannot read {}", map.display()))?;
+        let coverage = warm_order::Coverage::from_map(&map_text);
+        coverage.report();
+        let summary = warm_order_summary_path(&kept);
+        std::fs::write(&summary, coverage.summary())
+            .with_context(|| format!("cannot write {}", summary.display()))?;
         Ok(kept)
+    }
+
+    /// Builds (unlocked) the stub for `codec`, linked with the warm-path
+    /// layout; returns the executable and its link map.
+    pub fn link_stub(&self, codec: Codec) -> Result<(PathBuf, PathBuf)> {
+        let map = self
+            .target_dir()
+            .join(format!("bundle-stub-{}.map", codec.name()));
+        let mut final_args = warm_order::link_args(&map);
+        // A static executable at a fixed address (not a static PIE): the
+        // stub then applies no relocations at start-up, which touched five
+        // pages of every warm start (docs/BENCHMARKS.md). Only the final
+        // link changes; ARCHITECTURE.md ("Address layout") says why giving
+        // up the stub's own address randomisation is acceptable.
+        final_args.push("-Crelocation-model=static".to_owned());
+        if self.keep_symbols {
+            // Only the final link changes: the crates keep the hashes in
+            // their symbol names, so the patterns fit the shipped stub.
+            final_args.push("-Cstrip=none".to_owned());
+        }
+        let built = self.build(
+            "bundle-stub",
+            "bundle-stub",
+            "stub",
+            &[codec.name()],
+            &final_args,
+        )?;
+        Ok((built, map))
     }
 
     /// An exclusive lock, held until the returned file is dropped, that
@@ -206,8 +257,16 @@ impl Toolchain {
 
     /// Builds the server.
     pub fn build_server(&self) -> Result<PathBuf> {
-        self.build("sydney", "sydney", "release", &[])
+        self.build("sydney", "sydney", "release", &[], &[])
     }
+}
+
+/// The warm-path coverage summary kept beside a stub
+/// (`bundle-stub-gzip.warm-order`).
+pub fn warm_order_summary_path(stub: &Path) -> PathBuf {
+    let mut name = stub.file_name().unwrap_or_default().to_os_string();
+    name.push(".warm-order");
+    stub.with_file_name(name)
 }
 
 /// `target/bundle-build`.

@@ -1,0 +1,618 @@
+//! Laying out the stub's warm path together (`crates/stub/warm-path.ld`).
+//!
+//! A warm start runs about 150 functions spread over the stub's 350 KB of
+//! code. Each first touch of a 64 KB stretch of code costs a page fault (the
+//! kernel maps 16 pages around it), and every page touched costs TLB and
+//! cache misses. Placing the warm path's functions side by side, in an
+//! output section `.text.warm` before `.text`, measured 40 µs faster per
+//! start (docs/BENCHMARKS.md).
+//!
+//! The list is made by `cargo xtask warm-order`: it builds an unstripped
+//! stub with a link map, runs one warm start under callgrind up to the
+//! `execve` of the entry, and turns the functions that ran into linker
+//! input-section patterns (hashes replaced by `*`, so they survive
+//! unrelated changes). Every stub build links with the list and reports
+//! patterns that no longer match anything; `tests/e2e/run.rs` fails when
+//! more than a tenth have gone stale.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bundle_format::Codec;
+use bundle_format::pack::PackOptions;
+
+use crate::toolchain::Toolchain;
+use crate::util::{self, command};
+
+/// The linker script, relative to the workspace root.
+pub const SCRIPT: &str = "crates/stub/warm-path.ld";
+
+/// The output section the script creates.
+const SECTION: &str = ".text.warm";
+
+/// The rustc arguments that link the stub with the warm-path script and
+/// write a link map to `map`.
+pub fn link_args(map: &Path) -> Vec<String> {
+    vec![
+        format!("-Clink-arg=-Wl,-T,{}", util::root().join(SCRIPT).display()),
+        format!("-Clink-arg=-Wl,-Map={}", map.display()),
+    ]
+}
+
+/// How much of the script still matches the code, read from a link map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// Patterns in the script.
+    pub patterns: usize,
+    /// Patterns that matched no input section.
+    pub stale: Vec<String>,
+    /// Size of the `.text.warm` output section.
+    pub bytes: u64,
+}
+
+impl Coverage {
+    /// Reads the coverage of the script from a GNU ld link map.
+    pub fn from_map(map: &str) -> Coverage {
+        let mut coverage = Coverage {
+            patterns: 0,
+            stale: Vec::new(),
+            bytes: 0,
+        };
+        let mut inside = false;
+        let mut pending: Option<String> = None;
+        for line in map.lines() {
+            if !line.starts_with(' ') && !line.is_empty() {
+                if inside {
+                    break;
+                }
+                if let Some(rest) = line.strip_prefix(SECTION)
+                    && rest.starts_with(' ')
+                {
+                    inside = true;
+                    coverage.bytes = rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(parse_hex)
+                        .unwrap_or(0);
+                }
+                continue;
+            }
+            if !inside {
+                continue;
+            }
+            if let Some(pattern) = line.strip_prefix(" *")
+                && !pattern.starts_with("fill*")
+            {
+                coverage.stale.extend(pending.take());
+                coverage.patterns += 1;
+                pending = Some(format!("*{pattern}"));
+            } else if line.starts_with(" .") {
+                pending = None;
+            }
+        }
+        coverage.stale.extend(pending);
+        coverage
+    }
+
+    /// Patterns that still match something.
+    pub fn matched(&self) -> usize {
+        self.patterns - self.stale.len()
+    }
+
+    /// The summary kept next to the stub, read by the end-to-end tests.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "patterns={}\nmatched={}\nbytes={}\n",
+            self.patterns,
+            self.matched(),
+            self.bytes
+        );
+        for pattern in &self.stale {
+            let _ = writeln!(out, "stale={pattern}");
+        }
+        out
+    }
+
+    /// Tells the developer when the list has drifted from the code.
+    pub fn report(&self) {
+        if self.patterns == 0 {
+            eprintln!("note: the stub was linked without {SCRIPT}: its warm path is not grouped");
+        } else if !self.stale.is_empty() {
+            eprintln!(
+                "note: {} of {} warm-path patterns in {SCRIPT} match nothing (e.g. {}); \
+                 `cargo xtask warm-order` regenerates the list",
+                self.stale.len(),
+                self.patterns,
+                self.stale[0]
+            );
+        }
+    }
+}
+
+/// One input section of the link, as the map lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InputSection {
+    /// Section name, e.g. `.text.open`.
+    name: String,
+    /// Its size in bytes.
+    size: u64,
+    /// The object file, or `archive(member)`.
+    file: String,
+    /// Global symbols the map lists in it.
+    symbols: Vec<String>,
+}
+
+/// The code input sections (`.text*`) of a GNU ld link map.
+fn code_sections(map: &str) -> Vec<InputSection> {
+    let mut sections: Vec<InputSection> = Vec::new();
+    let mut in_code = false;
+    let mut wrapped: Option<String> = None;
+    for line in map.lines().filter(|l| !l.is_empty()) {
+        if !line.starts_with(' ') {
+            // An output section header (or a heading): code starts at .text*.
+            in_code = line.starts_with(".text");
+            wrapped = None;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some(name) = wrapped.take() {
+            // The address, size and file of a section whose long name
+            // filled the line before.
+            if let [addr, size, file @ ..] = fields.as_slice()
+                && parse_hex(addr).is_some()
+            {
+                push_section(&mut sections, name, size, file);
+                continue;
+            }
+        }
+        match fields.as_slice() {
+            [name] if name.starts_with('.') => wrapped = Some((*name).to_owned()),
+            [name, addr, size, file @ ..] if name.starts_with('.') && parse_hex(addr).is_some() => {
+                push_section(&mut sections, (*name).to_owned(), size, file);
+            }
+            [addr, symbol] if parse_hex(addr).is_some() && line.starts_with("                ") => {
+                if let Some(last) = sections.last_mut() {
+                    last.symbols.push((*symbol).to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    sections
+}
+
+fn push_section(sections: &mut Vec<InputSection>, name: String, size: &str, file: &[&str]) {
+    let (Some(size), false) = (parse_hex(size), file.is_empty()) else {
+        return;
+    };
+    sections.push(InputSection {
+        name,
+        size,
+        file: file.join(" "),
+        symbols: Vec::new(),
+    });
+}
+
+fn parse_hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
+}
+
+/// The functions a callgrind profile (`--demangle=no`) saw run.
+fn functions_run(profile: &str) -> BTreeSet<String> {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut ran = BTreeSet::new();
+    for line in profile.lines() {
+        let (is_fn, rest) = if let Some(rest) = line.strip_prefix("fn=") {
+            (true, rest)
+        } else if let Some(rest) = line.strip_prefix("cfn=") {
+            (false, rest)
+        } else {
+            continue;
+        };
+        // `(id) name` defines a compressed name, `(id)` refers to one.
+        let (id, name) = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            Some((id, name)) => (id.to_owned(), name.trim()),
+            None => (rest.to_owned(), rest),
+        };
+        if !name.is_empty() {
+            // Recursion shows as `name'2`; valgrind calls the C library's
+            // start function `(below main)`.
+            let name = name.split('\'').next().unwrap_or(name);
+            let name = if name == "(below main)" {
+                "__libc_start_main"
+            } else {
+                name
+            };
+            names.insert(id.clone(), name.to_owned());
+        }
+        if is_fn {
+            ran.insert(id);
+        }
+    }
+    ran.iter().filter_map(|id| names.get(id).cloned()).collect()
+}
+
+/// A linker-script pattern for `section`, stable across rebuilds: Rust
+/// symbol hashes and compiler-made numeric suffixes become `*`.
+fn pattern_for(section: &InputSection) -> String {
+    let name = wildcard_hashes(&section.name);
+    match section
+        .file
+        .rsplit_once('/')
+        .map_or(section.file.as_str(), |(_, f)| f)
+    {
+        // A C function from an archive member, e.g. musl's libc.a(open.lo).
+        file if file.ends_with(')') && !section.name.starts_with(".text._R") => {
+            let (archive, member) = file
+                .trim_end_matches(')')
+                .split_once('(')
+                .unwrap_or((file, ""));
+            format!("*{archive}:{member}({name})")
+        }
+        // A C start-up object, e.g. rcrt1.o.
+        file if !section.name.starts_with(".text._R") && !file.contains(".rcgu.") => {
+            format!("*{file}({name})")
+        }
+        // Rust: the section name alone (object names carry hashes).
+        _ => format!("*({name})"),
+    }
+}
+
+/// Replaces v0 crate disambiguators (`Cs<base62>_`), legacy hashes
+/// (`17h<16 hex>E`) and trailing `.llvm.N` / `.N` suffixes with `*`.
+fn wildcard_hashes(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let bytes = name.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"Cs") {
+            let run = bytes[i + 2..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            if run > 0 && bytes.get(i + 2 + run) == Some(&b'_') {
+                out.push_str("Cs*_");
+                i += 3 + run;
+                continue;
+            }
+        }
+        if bytes[i..].starts_with(b"17h")
+            && bytes.len() >= i + 20
+            && bytes[i + 3..i + 19].iter().all(u8::is_ascii_hexdigit)
+            && bytes[i + 19] == b'E'
+        {
+            out.push_str("17h*E");
+            i += 20;
+            continue;
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    // `.llvm.123` and `.123`: numbering that changes with unrelated code.
+    if let Some((head, tail)) = out.rsplit_once('.')
+        && !tail.is_empty()
+        && tail.bytes().all(|b| b.is_ascii_digit())
+    {
+        let head = head.strip_suffix(".llvm").unwrap_or(head);
+        out = format!("{head}.*");
+    }
+    out
+}
+
+/// Functions a real warm start runs that a start under valgrind does not:
+/// valgrind's virtual CPU has no SHA extensions, so the manifest digest
+/// takes the portable SHA-256 code there and the hardware one here.
+const NOT_RUN_UNDER_VALGRIND: &[&str] = &[".text._RNvNtNtCs*_4sha26sha2563x8613digest_blocks"];
+
+/// The input sections holding the functions that ran, smallest first (so
+/// the small, fully used ones share pages and the few large functions that
+/// are only partly run go last).
+fn warm_sections(sections: &[InputSection], ran: &BTreeSet<String>) -> Vec<InputSection> {
+    let mut name_counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for section in sections {
+        *name_counts.entry(section.name.as_str()).or_default() += 1;
+    }
+    let mut chosen: BTreeMap<String, InputSection> = BTreeMap::new();
+    for section in sections {
+        let function = section.name.strip_prefix(".text.").unwrap_or("");
+        // Static C functions have no symbol in the map, only their section
+        // (`.text.__do_init`); a name shared by many sections (musl's
+        // `.text.dummy`) says nothing about which one ran.
+        let by_name = ran.contains(function) && name_counts[section.name.as_str()] == 1;
+        let by_symbol = section.symbols.iter().any(|s| ran.contains(s));
+        let known = NOT_RUN_UNDER_VALGRIND.contains(&wildcard_hashes(&section.name).as_str());
+        if by_symbol || by_name || known {
+            chosen
+                .entry(pattern_for(section))
+                .or_insert_with(|| section.clone());
+        }
+    }
+    let mut warm: Vec<InputSection> = chosen.into_values().collect();
+    warm.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.name.cmp(&b.name)));
+    warm
+}
+
+/// The linker script for `warm`.
+fn script(warm: &[InputSection], ran: usize) -> String {
+    let bytes: u64 = warm.iter().map(|s| s.size).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "/* The stub's warm path, laid out together: see xtask/src/warm_order.rs.\n   \
+         Generated by `cargo xtask warm-order` from one warm start under\n   \
+         callgrind ({ran} functions ran; {} input sections, {bytes} bytes).\n   \
+         Do not edit by hand; regenerate after changing the warm path. */",
+        warm.len()
+    );
+    out.push_str("SECTIONS\n{\n  .text.warm :\n  {\n");
+    let mut seen = BTreeSet::new();
+    for section in warm {
+        let pattern = pattern_for(section);
+        if seen.insert(pattern.clone()) {
+            let _ = writeln!(out, "    {pattern}");
+        }
+    }
+    out.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    out
+}
+
+/// `cargo xtask warm-order`: regenerates [`SCRIPT`].
+pub fn generate() -> Result<()> {
+    util::ensure_programs(&[("valgrind", "valgrind")])?;
+    let work = util::target_dir().join("warm-order");
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
+    }
+    let mut toolchain = Toolchain::detect()?;
+    toolchain.keep_symbols = true;
+    let (built, map) = toolchain.link_stub(Codec::Gzip)?;
+    // The next stub build links over it (stripped); keep this copy.
+    fs::create_dir_all(&work)?;
+    let stub = work.join("bundle-stub-symbols");
+    fs::copy(&built, &stub)?;
+
+    // A release whose entry exits at once (a copy of the static stub, given
+    // --help as the user's argument, the way users pass `-- --port N`): only
+    // the stub's own part is profiled.
+    let release = work.join("release");
+    fs::create_dir_all(release.join("bin"))?;
+    let entry = release.join("bin/entry");
+    fs::copy(&stub, &entry)?;
+    fs::set_permissions(&entry, fs::Permissions::from_mode(0o755))?;
+    let bundle = work.join("warm-order-bundle");
+    let options = PackOptions {
+        name: "warm-order".to_owned(),
+        version: "0.0.0".to_owned(),
+        entry: "bin/entry".to_owned(),
+        args: Vec::new(),
+        codec: Codec::Gzip,
+        level: 1,
+        needs_tree: false,
+        default_cache_dir: None,
+        mtime: 0,
+        build: Vec::new(),
+    };
+    crate::pack::pack(&release, &fs::read(&stub)?, &options, &bundle)?;
+
+    // The default cache chain ($HOME/.cache), as most users run it.
+    let home = work.join("home");
+    fs::create_dir_all(&home)?;
+    let start = |program: &Path, args: &[&str]| {
+        let mut run = command(program);
+        run.args(args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(std::process::Stdio::null());
+        run
+    };
+    let start_args = ["start", "--", "--help"];
+    util::run(&mut start(&bundle, &start_args)).context("the cold start failed")?;
+    let profile_base = work.join("callgrind.out");
+    let out_file = format!("--callgrind-out-file={}", profile_base.display());
+    let mut profiled = start(
+        Path::new("valgrind"),
+        &[
+            "--tool=callgrind",
+            "--demangle=no",
+            "--dump-before=execve",
+            &out_file,
+        ],
+    );
+    profiled.arg(&bundle).args(start_args);
+    util::run(&mut profiled).context("the warm start under callgrind failed")?;
+    // Dumps are numbered; the first is the one taken at the entry's execve.
+    let profile_path = PathBuf::from(format!("{}.1", profile_base.display()));
+    let profile = fs::read_to_string(&profile_path).with_context(|| {
+        format!(
+            "no profile at {}: the stub did not reach execve under callgrind",
+            profile_path.display()
+        )
+    })?;
+    let mut ran = functions_run(&profile);
+    // Valgrind reports assembly functions without a symbol size by address
+    // only: the entry point, the thread-pointer set-up and the C library's
+    // string functions, which every start runs. They are named here.
+    ran.extend(["_start", "__set_thread_area", "memcpy", "memset"].map(str::to_owned));
+    let map_text =
+        fs::read_to_string(&map).with_context(|| format!("cannot read {}", map.display()))?;
+    let warm = warm_sections(&code_sections(&map_text), &ran);
+    if warm.len() < 20 {
+        bail!(
+            "only {} of the {} functions that ran were found in the link map {}",
+            warm.len(),
+            ran.len(),
+            map.display()
+        );
+    }
+    let out = util::root().join(SCRIPT);
+    fs::write(&out, script(&warm, ran.len()))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let bytes: u64 = warm.iter().map(|s| s.size).sum();
+    println!(
+        "wrote {SCRIPT}: {} input sections, {} bytes, from {} functions that ran",
+        warm.len(),
+        util::grouped(bytes),
+        ran.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = "\
+Memory Configuration
+
+.text.warm      0x0000000000001040      0x200
+ *libc.a:open.lo(.text.open)
+ .text.open     0x0000000000001040       0x92 /x/self-contained/libc.a(open.lo)
+                0x0000000000001040                open
+ *(.text._RNvNtCs*_11bundle_stub6launch7prepare)
+ .text._RNvNtCsfRUcGsUHpLb_11bundle_stub6launch7prepare
+                0x00000000000010e0      0x9dd /x/deps/bundle_stub-1.bundle_stub.a1b2-cgu.0.rcgu.o
+ *(.text._RNvNtCs*_11bundle_stub6launch4gone)
+ *fill*         0x0000000000001abd        0x3 
+.text           0x0000000000002000     0x1000
+ *(.text.unlikely .text.*_unlikely .text.unlikely.*)
+ .text.dummy    0x0000000000002000        0x4 /x/self-contained/libc.a(close.lo)
+ .text.dummy    0x0000000000002004        0x4 /x/self-contained/libc.a(lseek.lo)
+ .text          0x0000000000002010       0x20 /x/self-contained/rcrt1.o
+                0x0000000000002010                _start_c
+ .text._RNvCsfRUcGsUHpLb_11bundle_stub4main
+                0x0000000000002030      0x100 /x/deps/bundle_stub-1.bundle_stub.a1b2-cgu.0.rcgu.o
+ .text._RNvXsq_NtCsaBc_5alloc6StringNtNtCsdEf_4core3fmt7Display3fmt.876
+                0x0000000000002130       0x13 /x/deps/alloc-9.rcgu.o
+.rodata         0x0000000000003000      0x100
+ .rodata.open   0x0000000000003000       0x10 /x/self-contained/libc.a(open.lo)
+";
+
+    #[test]
+    fn coverage_counts_patterns_that_matched_nothing() {
+        let coverage = Coverage::from_map(MAP);
+        assert_eq!(coverage.patterns, 3);
+        assert_eq!(
+            coverage.stale,
+            vec!["*(.text._RNvNtCs*_11bundle_stub6launch4gone)".to_owned()]
+        );
+        assert_eq!(coverage.bytes, 0x200);
+        assert_eq!(coverage.matched(), 2);
+        assert!(coverage.summary().contains("matched=2\n"));
+    }
+
+    #[test]
+    fn a_map_without_the_section_has_no_patterns() {
+        let coverage = Coverage::from_map(".text 0x0 0x10\n .text 0x0 0x10 a.o\n");
+        assert_eq!(coverage.patterns, 0);
+        assert_eq!(coverage.bytes, 0);
+    }
+
+    #[test]
+    fn code_sections_reads_wrapped_names_and_symbols_and_skips_data() {
+        let sections = code_sections(MAP);
+        let names: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ".text.open",
+                ".text._RNvNtCsfRUcGsUHpLb_11bundle_stub6launch7prepare",
+                ".text.dummy",
+                ".text.dummy",
+                ".text",
+                ".text._RNvCsfRUcGsUHpLb_11bundle_stub4main",
+                ".text._RNvXsq_NtCsaBc_5alloc6StringNtNtCsdEf_4core3fmt7Display3fmt.876",
+            ]
+        );
+        assert_eq!(sections[0].symbols, ["open"]);
+        assert_eq!(sections[1].size, 0x9dd);
+        assert_eq!(sections[4].symbols, ["_start_c"]);
+    }
+
+    #[test]
+    fn hashes_and_numbering_become_wildcards() {
+        assert_eq!(
+            wildcard_hashes(".text._RNvNtCsfRUcGsUHpLb_11bundle_stub6launch7prepare"),
+            ".text._RNvNtCs*_11bundle_stub6launch7prepare"
+        );
+        assert_eq!(
+            wildcard_hashes(".text._ZN4core3fmt5write17h0123456789abcdefE"),
+            ".text._ZN4core3fmt5write17h*E"
+        );
+        assert_eq!(
+            wildcard_hashes(".text._RNvCsab_3foo3bar.llvm.1234"),
+            ".text._RNvCs*_3foo3bar.*"
+        );
+        assert_eq!(
+            wildcard_hashes(".text._RNvCsab_3foo3fmt.876"),
+            ".text._RNvCs*_3foo3fmt.*"
+        );
+        assert_eq!(wildcard_hashes(".text.open"), ".text.open");
+    }
+
+    #[test]
+    fn patterns_name_archive_members_and_startup_objects_but_not_rust_objects() {
+        let sections = code_sections(MAP);
+        assert_eq!(pattern_for(&sections[0]), "*libc.a:open.lo(.text.open)");
+        assert_eq!(
+            pattern_for(&sections[1]),
+            "*(.text._RNvNtCs*_11bundle_stub6launch7prepare)"
+        );
+        assert_eq!(pattern_for(&sections[4]), "*rcrt1.o(.text)");
+    }
+
+    #[test]
+    fn profile_names_are_resolved_and_only_functions_that_ran_count() {
+        let profile = "\
+fn=(1) _start_c
+cfn=(2) _RNvCsfRUcGsUHpLb_11bundle_stub4main
+calls=1 0
+fn=(2)
+cfn=(3) dummy
+fn=(4) open'2
+fn=(6) (below main)
+fn=(5) _RNvXsq_NtCsaBc_5alloc6StringNtNtCsdEf_4core3fmt7Display3fmt.876
+";
+        let ran = functions_run(profile);
+        let expected: BTreeSet<String> = [
+            "_start_c",
+            "_RNvCsfRUcGsUHpLb_11bundle_stub4main",
+            "open",
+            "__libc_start_main",
+            "_RNvXsq_NtCsaBc_5alloc6StringNtNtCsdEf_4core3fmt7Display3fmt.876",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(
+            ran, expected,
+            "dummy was only called, never profiled as run"
+        );
+    }
+
+    #[test]
+    fn warm_sections_are_the_ones_that_ran_smallest_first_without_ambiguous_c_names() {
+        let mut ran = functions_run("fn=(1) _start_c\nfn=(2) open\nfn=(3) dummy\n");
+        ran.insert("_RNvCsfRUcGsUHpLb_11bundle_stub4main".to_owned());
+        let warm = warm_sections(&code_sections(MAP), &ran);
+        let patterns: Vec<String> = warm.iter().map(pattern_for).collect();
+        assert_eq!(
+            patterns,
+            [
+                "*rcrt1.o(.text)",
+                "*libc.a:open.lo(.text.open)",
+                "*(.text._RNvCs*_11bundle_stub4main)",
+            ]
+        );
+        let text = script(&warm, ran.len());
+        assert!(text.contains("INSERT BEFORE .text;"), "{text}");
+        assert!(text.contains("    *libc.a:open.lo(.text.open)\n"), "{text}");
+    }
+}
