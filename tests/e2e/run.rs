@@ -450,6 +450,11 @@ fn stubs_are_linked_for_a_fast_warm_start() {
                 .parse()
                 .unwrap()
         };
+        assert_eq!(
+            field("checked"),
+            1,
+            "the link map did not list the patterns:\n{summary}"
+        );
         let (patterns, matched, bytes) = (field("patterns"), field("matched"), field("bytes"));
         assert!(
             patterns >= 50,

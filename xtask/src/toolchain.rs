@@ -215,6 +215,7 @@ impl Toolchain {
     pub fn link_stub(&self, codec: Codec) -> Result<(PathBuf, PathBuf)> {
         let map = self
             .target_dir()
+            .join(self.target)
             .join(format!("bundle-stub-{}.map", codec.name()));
         let mut final_args = warm_order::link_args(&map);
         // A static executable at a fixed address (not a static PIE): the

@@ -46,6 +46,9 @@ pub fn link_args(map: &Path) -> Vec<String> {
 /// How much of the script still matches the code, read from a link map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coverage {
+    /// Whether the map lists the script's patterns (GNU ld's does; lld's,
+    /// used by the glibc fallback, lists only what was placed).
+    pub checked: bool,
     /// Patterns in the script.
     pub patterns: usize,
     /// Patterns that matched no input section.
@@ -55,9 +58,17 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// Reads the coverage of the script from a GNU ld link map.
+    /// Reads the coverage of the script from a link map.
     pub fn from_map(map: &str) -> Coverage {
+        if map
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("VMA") && l.contains("LMA"))
+        {
+            return Self::from_lld_map(map);
+        }
         let mut coverage = Coverage {
+            checked: true,
             patterns: 0,
             stale: Vec::new(),
             bytes: 0,
@@ -98,6 +109,23 @@ impl Coverage {
         coverage
     }
 
+    /// An lld map (`VMA LMA Size Align Out In Symbol` columns): only the
+    /// size of the section can be read.
+    fn from_lld_map(map: &str) -> Coverage {
+        let bytes = map
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() == 5 && f[4] == SECTION)
+            .and_then(|f| u64::from_str_radix(f[2], 16).ok())
+            .unwrap_or(0);
+        Coverage {
+            checked: false,
+            patterns: 0,
+            stale: Vec::new(),
+            bytes,
+        }
+    }
+
     /// Patterns that still match something.
     pub fn matched(&self) -> usize {
         self.patterns - self.stale.len()
@@ -106,7 +134,8 @@ impl Coverage {
     /// The summary kept next to the stub, read by the end-to-end tests.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "patterns={}\nmatched={}\nbytes={}\n",
+            "checked={}\npatterns={}\nmatched={}\nbytes={}\n",
+            u8::from(self.checked),
             self.patterns,
             self.matched(),
             self.bytes
@@ -119,7 +148,7 @@ impl Coverage {
 
     /// Tells the developer when the list has drifted from the code.
     pub fn report(&self) {
-        if self.patterns == 0 {
+        if self.bytes == 0 {
             eprintln!("note: the stub was linked without {SCRIPT}: its warm path is not grouped");
         } else if !self.stale.is_empty() {
             eprintln!(
@@ -506,6 +535,18 @@ Memory Configuration
         assert_eq!(coverage.bytes, 0x200);
         assert_eq!(coverage.matched(), 2);
         assert!(coverage.summary().contains("matched=2\n"));
+    }
+
+    #[test]
+    fn an_lld_map_gives_the_size_but_no_patterns() {
+        let map = "             VMA              LMA     Size Align Out     In      Symbol
+          244200           244200    12b54    16 .text.warm
+          244200           244200       8c    16         /x/libc.a(_Fork.lo):(.text.__post_Fork)
+";
+        let coverage = Coverage::from_map(map);
+        assert!(!coverage.checked);
+        assert_eq!(coverage.bytes, 0x12b54);
+        assert!(coverage.summary().starts_with("checked=0\n"));
     }
 
     #[test]
