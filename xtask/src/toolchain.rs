@@ -221,7 +221,7 @@ impl Toolchain {
         // A static executable at a fixed address (not a static PIE): the
         // stub then applies no relocations at start-up, which touched five
         // pages of every warm start (docs/BENCHMARKS.md). Only the final
-        // link changes; ARCHITECTURE.md ("Address layout") says why giving
+        // link changes; ARCHITECTURE.md ("How the stub is linked") says why giving
         // up the stub's own address randomisation is acceptable.
         final_args.push("-Crelocation-model=static".to_owned());
         if self.keep_symbols {
@@ -241,7 +241,7 @@ impl Toolchain {
 
     /// An exclusive lock, held until the returned file is dropped, that
     /// serialises stub builds between xtask processes.
-    fn lock_stub_builds(&self) -> Result<std::fs::File> {
+    pub fn lock_stub_builds(&self) -> Result<std::fs::File> {
         let dir = self.target_dir();
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("stub-build.lock");
@@ -264,7 +264,7 @@ impl Toolchain {
 
 /// The warm-path coverage summary kept beside a stub
 /// (`bundle-stub-gzip.warm-order`).
-pub fn warm_order_summary_path(stub: &Path) -> PathBuf {
+fn warm_order_summary_path(stub: &Path) -> PathBuf {
     let mut name = stub.file_name().unwrap_or_default().to_os_string();
     name.push(".warm-order");
     stub.with_file_name(name)

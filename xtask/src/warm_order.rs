@@ -401,19 +401,55 @@ pub fn generate() -> Result<()> {
     }
     let mut toolchain = Toolchain::detect()?;
     toolchain.keep_symbols = true;
+    // Held until the profile is read: a concurrent stub build would relink
+    // over the map and the executable.
+    let _lock = toolchain.lock_stub_builds()?;
     let (built, map) = toolchain.link_stub(Codec::Gzip)?;
     // The next stub build links over it (stripped); keep this copy.
     fs::create_dir_all(&work)?;
     let stub = work.join("bundle-stub-symbols");
     fs::copy(&built, &stub)?;
 
+    let mut ran = profile_warm_start(&work, &stub)?;
+    // Valgrind reports assembly functions without a symbol size by address
+    // only: the entry point, the thread-pointer set-up and the C library's
+    // string functions, which every start runs. They are named here.
+    ran.extend(["_start", "__set_thread_area", "memcpy", "memset"].map(str::to_owned));
+    let map_text =
+        fs::read_to_string(&map).with_context(|| format!("cannot read {}", map.display()))?;
+    let warm = warm_sections(&code_sections(&map_text), &ran);
+    if warm.len() < 20 {
+        bail!(
+            "only {} of the {} functions that ran were found in the link map {}",
+            warm.len(),
+            ran.len(),
+            map.display()
+        );
+    }
+    let out = util::root().join(SCRIPT);
+    fs::write(&out, script(&warm, ran.len()))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let bytes: u64 = warm.iter().map(|s| s.size).sum();
+    println!(
+        "wrote {SCRIPT}: {} input sections, {} bytes, from {} functions that ran",
+        warm.len(),
+        util::grouped(bytes),
+        ran.len()
+    );
+    Ok(())
+}
+
+/// Packs a release around `stub`, starts it once (cold), then profiles a
+/// warm start under callgrind up to the entry's `execve`; returns the
+/// functions that ran (raw symbol names).
+fn profile_warm_start(work: &Path, stub: &Path) -> Result<BTreeSet<String>> {
     // A release whose entry exits at once (a copy of the static stub, given
     // --help as the user's argument, the way users pass `-- --port N`): only
     // the stub's own part is profiled.
     let release = work.join("release");
     fs::create_dir_all(release.join("bin"))?;
     let entry = release.join("bin/entry");
-    fs::copy(&stub, &entry)?;
+    fs::copy(stub, &entry)?;
     fs::set_permissions(&entry, fs::Permissions::from_mode(0o755))?;
     let bundle = work.join("warm-order-bundle");
     let options = PackOptions {
@@ -428,7 +464,7 @@ pub fn generate() -> Result<()> {
         mtime: 0,
         build: Vec::new(),
     };
-    crate::pack::pack(&release, &fs::read(&stub)?, &options, &bundle)?;
+    crate::pack::pack(&release, &fs::read(stub)?, &options, &bundle)?;
 
     // The default cache chain ($HOME/.cache), as most users run it.
     let home = work.join("home");
@@ -465,33 +501,7 @@ pub fn generate() -> Result<()> {
             profile_path.display()
         )
     })?;
-    let mut ran = functions_run(&profile);
-    // Valgrind reports assembly functions without a symbol size by address
-    // only: the entry point, the thread-pointer set-up and the C library's
-    // string functions, which every start runs. They are named here.
-    ran.extend(["_start", "__set_thread_area", "memcpy", "memset"].map(str::to_owned));
-    let map_text =
-        fs::read_to_string(&map).with_context(|| format!("cannot read {}", map.display()))?;
-    let warm = warm_sections(&code_sections(&map_text), &ran);
-    if warm.len() < 20 {
-        bail!(
-            "only {} of the {} functions that ran were found in the link map {}",
-            warm.len(),
-            ran.len(),
-            map.display()
-        );
-    }
-    let out = util::root().join(SCRIPT);
-    fs::write(&out, script(&warm, ran.len()))
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    let bytes: u64 = warm.iter().map(|s| s.size).sum();
-    println!(
-        "wrote {SCRIPT}: {} input sections, {} bytes, from {} functions that ran",
-        warm.len(),
-        util::grouped(bytes),
-        ran.len()
-    );
-    Ok(())
+    Ok(functions_run(&profile))
 }
 
 #[cfg(test)]
