@@ -363,6 +363,17 @@ fn warm_sections(sections: &[InputSection], ran: &BTreeSet<String>) -> Vec<Input
                 .or_insert_with(|| section.clone());
         }
     }
+    // A shared name that ran (musl's `dummy` stubs behind weak aliases, as
+    // `close` calls `__aio_close`) is taken from the members already chosen.
+    let chosen_files: BTreeSet<String> = chosen.values().map(|s| s.file.clone()).collect();
+    for section in sections {
+        let function = section.name.strip_prefix(".text.").unwrap_or("");
+        if ran.contains(function) && chosen_files.contains(&section.file) {
+            chosen
+                .entry(pattern_for(section))
+                .or_insert_with(|| section.clone());
+        }
+    }
     let mut warm: Vec<InputSection> = chosen.into_values().collect();
     warm.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.name.cmp(&b.name)));
     warm
@@ -645,6 +656,30 @@ fn=(5) _RNvXsq_NtCsaBc_5alloc6StringNtNtCsdEf_4core3fmt7Display3fmt.876
         assert_eq!(
             ran, expected,
             "dummy was only called, never profiled as run"
+        );
+    }
+
+    #[test]
+    fn a_shared_static_name_is_taken_only_from_members_that_ran() {
+        let map = "\
+.text           0x0000000000002000     0x1000
+ .text.dummy    0x0000000000002000        0x4 /x/libc.a(close.lo)
+                0x0000000000002000                __aio_close
+ .text.close    0x0000000000002004       0x40 /x/libc.a(close.lo)
+                0x0000000000002004                close
+ .text.dummy    0x0000000000002044        0x4 /x/libc.a(lseek.lo)
+";
+        let ran = functions_run("fn=(1) close\nfn=(2) dummy\n");
+        let patterns: Vec<String> = warm_sections(&code_sections(map), &ran)
+            .iter()
+            .map(pattern_for)
+            .collect();
+        assert_eq!(
+            patterns,
+            [
+                "*libc.a:close.lo(.text.dummy)",
+                "*libc.a:close.lo(.text.close)"
+            ]
         );
     }
 
