@@ -424,8 +424,9 @@ pub fn generate() -> Result<()> {
     let mut ran = profile_warm_start(&work, &stub)?;
     // Valgrind reports assembly functions without a symbol size by address
     // only: the entry point, the thread-pointer set-up and the C library's
-    // string functions, which every start runs. They are named here.
-    ran.extend(["_start", "__set_thread_area", "memcpy", "memset"].map(str::to_owned));
+    // string functions, which every start runs. `execve` itself is where
+    // the profile stops. They are named here.
+    ran.extend(["_start", "__set_thread_area", "memcpy", "memset", "execve"].map(str::to_owned));
     let map_text =
         fs::read_to_string(&map).with_context(|| format!("cannot read {}", map.display()))?;
     let warm = warm_sections(&code_sections(&map_text), &ran);
