@@ -335,11 +335,6 @@ fn wildcard_hashes(name: &str) -> String {
     out
 }
 
-/// Functions a real warm start runs that a start under valgrind does not:
-/// valgrind's virtual CPU has no SHA extensions, so the manifest digest
-/// takes the portable SHA-256 code there and the hardware one here.
-const NOT_RUN_UNDER_VALGRIND: &[&str] = &[".text._RNvNtNtCs*_4sha26sha2563x8613digest_blocks"];
-
 /// The input sections holding the functions that ran, smallest first (so
 /// the small, fully used ones share pages and the few large functions that
 /// are only partly run go last).
@@ -356,8 +351,7 @@ fn warm_sections(sections: &[InputSection], ran: &BTreeSet<String>) -> Vec<Input
         // `.text.dummy`) says nothing about which one ran.
         let by_name = ran.contains(function) && name_counts[section.name.as_str()] == 1;
         let by_symbol = section.symbols.iter().any(|s| ran.contains(s));
-        let known = NOT_RUN_UNDER_VALGRIND.contains(&wildcard_hashes(&section.name).as_str());
-        if by_symbol || by_name || known {
+        if by_symbol || by_name {
             chosen
                 .entry(pattern_for(section))
                 .or_insert_with(|| section.clone());

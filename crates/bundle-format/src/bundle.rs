@@ -48,7 +48,7 @@ impl<'a> Bundle<'a> {
     pub fn open(file: &'a [u8]) -> Result<Bundle<'a>> {
         let layout = layout::locate(file)?;
         let manifest_bytes = layout.manifest_bytes(file);
-        if Sha256::digest(manifest_bytes)[..] != layout.trailer.manifest_sha256 {
+        if crate::checksum::record_sha256(manifest_bytes) != layout.trailer.manifest_sha256 {
             return Err(FormatError::DigestMismatch {
                 section: "manifest",
             });

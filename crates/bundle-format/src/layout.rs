@@ -12,8 +12,6 @@
 
 use std::ops::Range;
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{FormatError, Result};
 
 /// Marks the start of the lead-in and the very end of the trailer.
@@ -158,7 +156,7 @@ impl Trailer {
 /// First 8 bytes of the SHA-256 of the trailer's fields (bytes 0..136): lets a
 /// reader tell a damaged trailer from a damaged payload.
 fn trailer_check(bytes: &[u8; TRAILER_LEN]) -> [u8; 8] {
-    let digest = Sha256::digest(&bytes[..136]);
+    let digest = crate::checksum::record_sha256(&bytes[..136]);
     digest[..8].try_into().expect("8-byte slice")
 }
 
@@ -297,6 +295,7 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// A fake bundle: `stub_len` bytes of stub, then lead-in, payload `p`,
     /// manifest `m`, index `i`, trailer.
@@ -321,7 +320,7 @@ mod tests {
             manifest: m0..i0,
             index: i0..end,
             payload_sha256: Sha256::digest(p).into(),
-            manifest_sha256: Sha256::digest(m).into(),
+            manifest_sha256: crate::checksum::record_sha256(m),
         };
         out.extend_from_slice(&trailer.encode());
         assert_eq!(out.len(), total);

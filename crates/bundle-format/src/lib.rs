@@ -10,6 +10,7 @@
 //! It does no process, cache or exec work: that is the stub's job.
 
 pub mod bundle;
+pub mod checksum;
 pub mod codec;
 #[cfg(feature = "doctor")]
 pub mod doctor;

@@ -370,7 +370,7 @@ pub fn pack(
         manifest: manifest_start..index_start,
         index: index_start..index_end,
         payload_sha256,
-        manifest_sha256: Sha256::digest(&manifest_bytes).into(),
+        manifest_sha256: crate::checksum::record_sha256(&manifest_bytes),
     };
     sink.write_all(&manifest_bytes).map_err(write_err)?;
     sink.write_all(&index_bytes).map_err(write_err)?;
@@ -549,7 +549,7 @@ pub fn assemble(stub: &[u8], payload: &[u8], manifest: &Manifest, index: &Index)
         manifest: manifest_start..index_start,
         index: index_start..index_end,
         payload_sha256: Sha256::digest(payload).into(),
-        manifest_sha256: Sha256::digest(&manifest_bytes).into(),
+        manifest_sha256: crate::checksum::record_sha256(&manifest_bytes),
     };
     let mut out = Vec::with_capacity(bundle_len as usize);
     out.extend_from_slice(stub);
