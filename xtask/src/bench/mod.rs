@@ -48,7 +48,8 @@ use crate::{bundle, pack};
 pub struct Plan {
     /// `--quick`: what CI runs.
     pub quick: bool,
-    /// Timed start-ups per variant (after one untimed warm-up round).
+    /// Timed rounds of start-ups (after one untimed warm-up round); see
+    /// `startup::CHEAP_PER_ROUND` for the runs per round.
     pub startup_runs: usize,
     /// Size of the synthetic release for the large-payload rows, MiB.
     pub large_mib: u64,
