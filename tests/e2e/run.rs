@@ -418,7 +418,7 @@ fn a_bundle_replaced_right_after_exec_reads_the_right_file() {
 }
 
 /// The shipped stubs are laid out for a fast warm start (see
-/// xtask/src/warm_order.rs): a static executable at a fixed address, so
+/// xtask/src/warm_order/): a static executable at a fixed address, so
 /// nothing is relocated at start-up, with the warm path's functions side by
 /// side in `.text.warm`. Fails when `crates/stub/warm-path.ld` has drifted
 /// from the code: `cargo xtask warm-order` regenerates it.
