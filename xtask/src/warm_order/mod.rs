@@ -87,13 +87,14 @@ fn functions_run(profile: &str) -> BTreeSet<String> {
 /// symbol hashes and compiler-made numeric suffixes become `*`.
 fn pattern_for(section: &InputSection) -> String {
     let name = wildcard_hashes(&section.name);
+    let rust = section.name.starts_with(".text._R");
     match section
         .file
         .rsplit_once('/')
         .map_or(section.file.as_str(), |(_, f)| f)
     {
         // A C function from an archive member, e.g. musl's libc.a(open.lo).
-        file if file.ends_with(')') && !section.name.starts_with(".text._R") => {
+        file if file.ends_with(')') && !rust => {
             let (archive, member) = file
                 .trim_end_matches(')')
                 .split_once('(')
@@ -101,7 +102,7 @@ fn pattern_for(section: &InputSection) -> String {
             format!("*{archive}:{member}({name})")
         }
         // A C start-up object, e.g. rcrt1.o.
-        file if !section.name.starts_with(".text._R") && !file.contains(".rcgu.") => {
+        file if !rust && !file.contains(".rcgu.") => {
             format!("*{file}({name})")
         }
         // Rust: the section name alone (object names carry hashes).
@@ -201,12 +202,9 @@ fn script(warm: &[InputSection], ran: usize) -> String {
         warm.len()
     );
     out.push_str("SECTIONS\n{\n  .text.warm :\n  {\n");
-    let mut seen = BTreeSet::new();
+    // `warm_sections` keeps one section per pattern, so none repeats.
     for section in warm {
-        let pattern = pattern_for(section);
-        if seen.insert(pattern.clone()) {
-            let _ = writeln!(out, "    {pattern}");
-        }
+        let _ = writeln!(out, "    {}", pattern_for(section));
     }
     out.push_str("  }\n}\nINSERT BEFORE .text;\n");
     out
