@@ -14,7 +14,7 @@ use crate::toolchain::{self, Toolchain};
 use crate::util::{self, command};
 
 /// The codec `bundle` uses unless told otherwise; chosen by measurement
-/// (docs/BENCHMARKS.md, "Codec").
+/// (docs/BENCHMARKS.md, "Size").
 pub const DEFAULT_CODEC: Codec = Codec::Gzip;
 
 /// What `bundle` built.

@@ -6,8 +6,8 @@
 //!
 //! Standard library: rebuilt from source with the release profile and
 //! without its backtrace printer (`-Zbuild-std`, enabled on this stable
-//! toolchain by `RUSTC_BOOTSTRAP=1`). That takes about 345 KB off each of the
-//! two executables (docs/BENCHMARKS.md). It needs the `rust-src` component;
+//! toolchain by `RUSTC_BOOTSTRAP=1`), the largest single size saving
+//! (docs/decisions/0009-stub-build-profile.md). It needs the `rust-src` component;
 //! without it we fall back to the prebuilt std and say so.
 //!
 //! Paths are remapped so the output does not depend on where the checkout,
@@ -153,7 +153,8 @@ impl Toolchain {
     fn rustflags(&self) -> Result<String> {
         let mut flags = vec![
             // With panic=abort and no backtraces, unwind tables are dead
-            // weight (about 45 KB per executable); panic messages still print.
+            // weight (docs/decisions/0009-stub-build-profile.md); panic
+            // messages still print.
             "-Cforce-unwind-tables=no".to_owned(),
             // Packed relative relocations (DT_RELR): the static-pie's
             // relocation table shrinks from ~20-30 KB of RELA entries to
@@ -219,10 +220,11 @@ impl Toolchain {
             .join(format!("bundle-stub-{}.map", codec.name()));
         let mut final_args = warm_order::link_args(&map);
         // A static executable at a fixed address (not a static PIE): the
-        // stub then applies no relocations at start-up, which touched five
-        // pages of every warm start (docs/BENCHMARKS.md). Only the final
-        // link changes; ARCHITECTURE.md ("How the stub is linked") says why giving
-        // up the stub's own address randomisation is acceptable.
+        // stub then applies no relocations at start-up, which touched
+        // several pages of every warm start
+        // (docs/decisions/0004-fixed-address-stub.md). Only the final link
+        // changes; ARCHITECTURE.md ("How the stub is linked") says why
+        // giving up the stub's own address randomisation is acceptable.
         final_args.push("-Crelocation-model=static".to_owned());
         if self.keep_symbols {
             // Only the final link changes: the crates keep the hashes in

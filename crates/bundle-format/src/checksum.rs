@@ -1,12 +1,12 @@
 //! SHA-256 of the small records every start reads: the trailer and the
 //! manifest.
 //!
-//! Portable code on purpose. `sha2`, kept for payloads (where SHA-NI is
-//! several times faster), chooses its implementation at run time with
-//! CPUID, and on a virtual machine each CPUID traps to the hypervisor:
-//! about 6 µs, two of them per process, more than hashing a few hundred
-//! bytes without them. A warm start hashes nothing else, so it never pays
-//! for the detection (docs/BENCHMARKS.md, "Start-up").
+//! Portable code on purpose. `sha2`, kept for payloads (where SHA-NI pays),
+//! chooses its implementation at run time with CPUID, and on a virtual
+//! machine each CPUID traps to the hypervisor, which costs more than
+//! hashing a few hundred bytes without it. A warm start hashes nothing
+//! else, so it never pays for the detection
+//! (docs/decisions/0003-two-sha256.md).
 
 /// SHA-256 of `bytes`; meant for records of a few KB at most.
 pub fn record_sha256(bytes: &[u8]) -> [u8; 32] {

@@ -1,7 +1,8 @@
 //! Payload decoders (always) and encoders (with the `pack` feature).
 //!
 //! A stub is built with only the decoder it needs: a gzip stub does not carry
-//! the zstd library, which would cost about 150 KB in every bundle.
+//! the zstd library, nor a zstd stub the gzip decoders (their sizes:
+//! docs/BENCHMARKS.md, "Size").
 
 use std::io::{BufRead, Read};
 
@@ -14,10 +15,11 @@ use crate::manifest::Codec;
 pub const ZSTD_MAX_WINDOW_LOG: u32 = 24;
 
 /// Tar streams up to this size are inflated in one call into one buffer
-/// (gzip only) instead of streamed: libdeflate does that about twice as fast
-/// as the streaming decoder, which is most of a cold start. The buffer is
-/// bounded by this limit, whatever the payload size, so memory use still
-/// does not grow with the payload.
+/// (gzip only) instead of streamed: libdeflate does that much faster than
+/// the streaming decoder, and inflating is the biggest part of a cold start
+/// (docs/decisions/0006-libdeflate-small-gzip.md). The buffer is bounded by
+/// this limit, whatever the payload size, so memory use still does not
+/// grow with the payload.
 pub const WHOLE_BUFFER_LIMIT: u64 = 4 << 20;
 
 /// Inflates a small payload whole: `Some(tar)` when the codec and
@@ -99,9 +101,9 @@ mod encode {
         }
     }
 
-    /// Inputs larger than this get a faster zstd level by default: level 19
-    /// runs at about 1 MB/s, which makes packing a 500 MB release take
-    /// minutes for a few percent of size (docs/BENCHMARKS.md).
+    /// Inputs larger than this get a faster zstd level by default: at level
+    /// 19 packing a large release takes minutes for a few percent of size
+    /// (docs/BENCHMARKS.md, "Large payloads").
     pub const ZSTD_MAX_LEVEL_INPUT: u64 = 64 << 20;
 
     /// The default level for `input_bytes` of file data: [`default_level`],

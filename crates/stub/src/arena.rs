@@ -6,10 +6,10 @@
 //! the manifest, a handful of paths, argv and the environment for exec) and
 //! then replaces the process. musl's allocator spends four system calls
 //! setting up its heap and spreads size classes over several pages, and on
-//! the virtual machines we measure every first touch of a page costs 3-4 µs.
-//! The arena hands out consecutive bytes instead: a warm start touches one
-//! or two of its pages and makes no system call for memory. Measured in
-//! docs/BENCHMARKS.md ("Where a warm start's time goes").
+//! the virtual machines we measure every first touch of a page costs
+//! microseconds. The arena hands out consecutive bytes instead: a warm start
+//! touches one or two of its pages and makes no system call for memory.
+//! Measured in docs/decisions/0002-arena-allocator.md.
 //!
 //! Freed arena memory is reused only when it is the most recent allocation
 //! (stack order, which covers temporaries and a growing buffer); anything

@@ -9,8 +9,9 @@
 //! start time is stale, and is never signalled. Without /proc start times
 //! cannot be read, so the instance also holds an flock on `lock` through a
 //! descriptor that survives exec; there, a pid counts as ours only while
-//! that lock is held. `claim.lock` is held only while `daemon` or `start`
-//! registers an instance, so two of them cannot both register.
+//! that lock is held. `claim.lock` is held only while `daemon` registers an
+//! instance, so two of them cannot both register (a foreground `start` is
+//! not recorded).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

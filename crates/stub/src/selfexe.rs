@@ -36,11 +36,12 @@ impl SelfFile {
 /// First the path we were started by (`AT_EXECFN`), if the file there is
 /// still the image we are running (same program headers and build id; it
 /// is not if it was replaced since exec). Opening it costs a path lookup;
-/// `/proc/self/exe` costs building the /proc entries of a new process,
-/// 20-30 µs of every start. Then `/proc/self/exe`, which is right even if
-/// the file was replaced; then `AT_EXECFN` whatever it holds now (no /proc,
-/// as in an empty chroot); then `argv[0]` (searched in `PATH` when it has
-/// no slash).
+/// `/proc/self/exe` costs building the /proc entries of a new process, a
+/// visible part of every start
+/// (docs/decisions/0007-self-location-at-execfn.md). Then `/proc/self/exe`,
+/// which is right even if the file was replaced; then `AT_EXECFN` whatever
+/// it holds now (no /proc, as in an empty chroot); then `argv[0]` (searched
+/// in `PATH` when it has no slash).
 pub fn open() -> Result<SelfFile> {
     let exec_path = crate::sys::exec_path_from_auxv();
     if let Some(path) = &exec_path {

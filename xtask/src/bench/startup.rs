@@ -44,8 +44,8 @@ const ENTRYPOINT: &str = "#!/bin/sh\n\
 /// Runs per round of `direct` and `bundle warm`. Both take about a
 /// millisecond, and their ratio is the finest goal measured here: with 30
 /// runs its median moved by 0.08 between full runs of the same build
-/// (1.23x and 1.31x), against 1.21x to 1.24x from 300 runs in a stricter
-/// loop (docs/BENCHMARKS.md).
+/// (1.23x and 1.31x), more than the margin a stricter loop measures
+/// (docs/decisions/0008-warm-start-one-code-path.md).
 pub const CHEAP_PER_ROUND: usize = 5;
 
 /// Peers measured on this kind of machine (LESSONS.md), for context only.

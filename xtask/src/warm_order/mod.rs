@@ -1,11 +1,11 @@
 //! Laying out the stub's warm path together (`crates/stub/warm-path.ld`).
 //!
-//! A warm start runs about 150 functions spread over the stub's 350 KB of
+//! A warm start runs about 150 functions spread over all of the stub's
 //! code. Each first touch of a 64 KB stretch of code costs a page fault (the
 //! kernel maps 16 pages around it), and every page touched costs TLB and
 //! cache misses. Placing the warm path's functions side by side, in an
-//! output section `.text.warm` before `.text`, measured 30 to 40 µs faster
-//! per start (docs/BENCHMARKS.md).
+//! output section `.text.warm` before `.text`, makes every warm start
+//! faster (docs/decisions/0005-warm-path-layout.md).
 //!
 //! The list is made by `cargo xtask warm-order`: it builds an unstripped
 //! stub with a link map, runs one warm start under callgrind up to the
