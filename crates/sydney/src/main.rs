@@ -10,7 +10,6 @@ mod cli;
 mod config;
 mod log;
 mod server;
-mod toml_subset;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
