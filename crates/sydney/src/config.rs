@@ -476,7 +476,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Escapes control characters and shortens long text, so that every error
 /// stays one readable line whatever the user wrote.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     const MAX_CHARS: usize = 60;
     let mut out: String = text
         .chars()
