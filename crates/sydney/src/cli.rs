@@ -1,7 +1,7 @@
 //! Command-line parsing.
 //!
-//! `lexopt` instead of clap: clap costs hundreds of KB in a binary whose
-//! whole budget is 800 KB (see docs/SERVER.md), and six flags do not need it.
+//! `lexopt` instead of clap: six flags do not need clap, and every byte of
+//! the server ships in every bundle (docs/decisions/0011-server-size.md).
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -119,8 +119,8 @@ fn serve(
     inherited: Option<Vec<std::net::TcpListener>>,
 ) -> Result<(), Error> {
     // One thread: on the target machines (2 cores, with the load generator
-    // or the proxy on the other) it beat a multi-threaded runtime; see
-    // docs/SERVER.md.
+    // or the proxy on the other) it beat a multi-threaded runtime
+    // (docs/decisions/0013-server-runtime-and-allocator.md).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -2,9 +2,11 @@
 //!
 //! Shape borrowed from mini-redis and hyper-util's `server_graceful`
 //! example: [`run`] accepts until `shutdown` resolves, then drops the
-//! listener and waits, bounded by a timeout, for each connection to finish.
+//! listeners and waits, bounded by a timeout, for each connection to finish.
 //!
-//! What hyper 1.x's `graceful_shutdown` does with an HTTP/1 connection
+//! Why this goes beyond hyper's own graceful shutdown:
+//! docs/decisions/0012-graceful-shutdown.md. In short, what hyper 1.x's
+//! `graceful_shutdown` does with an HTTP/1 connection
 //! (read from `proto/h1/conn.rs`, `disable_keep_alive`, and confirmed by the
 //! tests in `tests/it/shutdown.rs`):
 //!

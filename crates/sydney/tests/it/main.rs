@@ -5,6 +5,7 @@
 
 mod activation;
 mod config;
+mod deploy;
 mod errors;
 mod harness;
 mod http;
