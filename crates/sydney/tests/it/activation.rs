@@ -103,6 +103,36 @@ fn shutdown_drains_and_the_next_server_takes_over_the_socket() {
     assert_eq!(second.get("/").status, 200);
 }
 
+/// Several sockets (an IPv4 and an IPv6 one here), each served, named in
+/// the log by `LISTEN_FDNAMES`.
+#[test]
+fn serves_on_every_inherited_socket() {
+    let (v4, v4_addr) = loopback_listener();
+    let v6 = TcpListener::bind("[::1]:0").expect("bind ::1");
+    let v6_addr = v6.local_addr().expect("local addr");
+    let mut server = Sydney::new()
+        .env("LISTEN_FDNAMES", "public:admin")
+        .pass_fds(vec![fd_of(&v4), fd_of(&v6)], ListenPid::Child)
+        .spawn();
+    // The second `listening on` line.
+    let second = server.wait_for_line("listening on");
+    assert!(second.ends_with(&v6_addr.to_string()), "{second}");
+    assert_eq!(server.bound(), v4_addr);
+    for addr in [v4_addr, v6_addr] {
+        let mut conn = Conn::open(addr).unwrap_or_else(|err| server.fail(&err.to_string()));
+        conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = conn.response(false).unwrap_or_else(|err| server.fail(&err));
+        assert_eq!(response.status, 200, "{addr}");
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(5)).code(), Some(0));
+    assert!(
+        server.stderr().contains("fd 3 (public), fd 4 (admin)"),
+        "{}",
+        server.stderr()
+    );
+}
+
 /// Sockets meant for another process (a parent that did not unset the
 /// variables) are ignored, as sd_listen_fds ignores them.
 #[test]

@@ -32,13 +32,16 @@ pub struct Sydney {
     passed: Option<Passed>,
 }
 
-/// A descriptor handed to the child at fd 3, as systemd's socket
+/// Descriptors handed to the child from fd 3 on, as systemd's socket
 /// activation does.
 #[derive(Debug, Clone)]
 struct Passed {
-    fd: Arc<OwnedFd>,
+    fds: Vec<Arc<OwnedFd>>,
     listen_pid: ListenPid,
 }
+
+/// The most descriptors a test can pass.
+const MAX_PASSED: usize = 8;
 
 /// What `LISTEN_PID` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,12 +84,18 @@ impl Sydney {
         self
     }
 
-    /// Passes `fd` to the server at fd 3 with `LISTEN_FDS` (unless the
+    /// Passes `fd` to the server at fd 3 with `LISTEN_FDS=1` (unless the
     /// test sets it itself) and `LISTEN_PID`, exactly as systemd's socket
     /// activation does.
-    pub fn pass_fd(mut self, fd: impl Into<OwnedFd>, listen_pid: ListenPid) -> Self {
+    pub fn pass_fd(self, fd: impl Into<OwnedFd>, listen_pid: ListenPid) -> Self {
+        self.pass_fds(vec![fd.into()], listen_pid)
+    }
+
+    /// Passes `fds` at fd 3, 4, ... with `LISTEN_FDS` set to their number.
+    pub fn pass_fds(mut self, fds: Vec<OwnedFd>, listen_pid: ListenPid) -> Self {
+        assert!(fds.len() <= MAX_PASSED, "at most {MAX_PASSED} descriptors");
         self.passed = Some(Passed {
-            fd: Arc::new(fd.into()),
+            fds: fds.into_iter().map(Arc::new).collect(),
             listen_pid,
         });
         self
@@ -109,25 +118,36 @@ impl Sydney {
         // RUST_BACKTRACE must not change what the tests see.
         cmd.env_clear().args(&self.args);
         if let Some(passed) = &self.passed {
-            cmd.env("LISTEN_FDS", "1");
+            cmd.env("LISTEN_FDS", passed.fds.len().to_string());
             if let ListenPid::Value(pid) = &passed.listen_pid {
                 cmd.env("LISTEN_PID", pid);
             }
-            let fd = passed.fd.as_raw_fd();
+            let count = passed.fds.len();
+            let mut fds = [-1; MAX_PASSED];
+            for (slot, fd) in fds.iter_mut().zip(&passed.fds) {
+                *slot = fd.as_raw_fd();
+            }
             // SAFETY: the closure only makes async-signal-safe system calls
-            // (dup2, fcntl) on descriptors the parent keeps open (`Passed`
-            // holds it until `command` has spawned), and allocates nothing.
+            // (fcntl, dup2) on descriptors the parent keeps open (`Passed`
+            // holds them until `command` has spawned), and allocates
+            // nothing (its arrays live on its stack).
             unsafe {
                 cmd.pre_exec(move || {
-                    // dup2 leaves the copy inheritable; when fd is already 3
-                    // its close-on-exec flag has to be cleared by hand.
-                    let rc = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, 3)
-                    };
-                    if rc < 0 {
-                        return Err(std::io::Error::last_os_error());
+                    // Copy each out of the way first (close-on-exec, at 100
+                    // and up), so that placing one at 3 + i cannot overwrite
+                    // another still to be placed; dup2 then leaves each
+                    // final copy inheritable.
+                    let mut high = [-1; MAX_PASSED];
+                    for i in 0..count {
+                        high[i] = libc::fcntl(fds[i], libc::F_DUPFD_CLOEXEC, 100);
+                        if high[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, &fd) in high.iter().enumerate().take(count) {
+                        if libc::dup2(fd, 3 + i as libc::c_int) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -141,7 +161,10 @@ impl Sydney {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         if let Some(passed) = &self.passed {
-            let _ = write!(out, "[fd 3: {:?}] LISTEN_FDS=1 ", passed.fd);
+            for (i, fd) in passed.fds.iter().enumerate() {
+                let _ = write!(out, "[fd {}: {fd:?}] ", 3 + i);
+            }
+            let _ = write!(out, "LISTEN_FDS={} ", passed.fds.len());
             match &passed.listen_pid {
                 ListenPid::Child => out.push_str("LISTEN_PID=<its own pid> "),
                 ListenPid::Value(pid) => {
