@@ -67,9 +67,12 @@ Precedence: flag, then environment variable, then config file, then default.
 The config file also sets header_read_timeout_secs and max_header_bytes; see
 the template shipped as etc/sydney.toml.
 
-On start the server prints one line to stderr, 'sydney: info: listening on
-ADDR', with the address actually bound. SIGTERM or SIGINT stops it
-gracefully; a second signal stops it at once.
+Listening sockets passed by a service manager (systemd socket activation:
+LISTEN_FDS, LISTEN_PID, fds from 3) are served instead of --bind and --port.
+
+On start the server prints one line to stderr per socket, 'sydney: info:
+listening on ADDR', with the address actually bound. SIGTERM or SIGINT stops
+it gracefully; a second signal stops it at once.
 
 Exit codes:
   0  stopped by SIGTERM or SIGINT (or --help, --version)

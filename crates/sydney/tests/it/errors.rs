@@ -259,6 +259,7 @@ fn help_documents_flags_and_exit_codes() {
             "BIND",
             "RUST_LOG",
             "BUNDLE_ROOT",
+            "LISTEN_FDS",
             "Exit codes",
             "  1  ",
             "  2  ",
