@@ -18,6 +18,11 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// The first inherited descriptor (after stdin, stdout and stderr).
 pub const FIRST_FD: RawFd = 3;
 
+/// The most sockets accepted. The protocol sets no limit, but the list is
+/// built before the descriptors are checked, so a claimed count must not
+/// decide how much memory that takes.
+pub const MAX_SOCKETS: usize = 1024;
+
 /// The environment variables of the protocol. `main` unsets all three once
 /// they are read, so that no child process inherits them.
 pub const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
@@ -64,7 +69,7 @@ impl fmt::Display for Inherited {
 pub enum ActivationError {
     /// `LISTEN_PID` or `LISTEN_FDS` is not a number (or out of range).
     #[error(
-        "invalid {name} {value:?} in the environment: expected {expected}; \
+        "invalid {name} \"{value}\" in the environment: expected {expected}; \
          fix or unset {name} in whatever starts sydney"
     )]
     InvalidVar {
@@ -124,17 +129,10 @@ pub fn from_env(
     if listen_pid != our_pid {
         return Ok(Activation::Foreign { listen_pid });
     }
-    // The last descriptor must be a valid fd number.
     let count = usize::try_from(count)
         .ok()
-        .filter(|&n| RawFd::try_from(n).is_ok_and(|n| n.checked_add(FIRST_FD).is_some()))
-        .ok_or_else(|| {
-            invalid(
-                "LISTEN_FDS",
-                &fds,
-                "a number of sockets that fits fd numbers",
-            )
-        })?;
+        .filter(|&n| n <= MAX_SOCKETS)
+        .ok_or_else(|| invalid("LISTEN_FDS", &fds, "at most 1024 sockets"))?;
     if count == 0 {
         return Ok(Activation::None);
     }
@@ -152,7 +150,7 @@ pub fn from_env(
         .unwrap_or_default();
     let sockets = (0..count)
         .map(|i| Inherited {
-            // Cannot overflow: checked above.
+            // Cannot overflow: at most MAX_SOCKETS.
             fd: FIRST_FD + i as RawFd,
             name: names.get(i).cloned(),
         })
@@ -354,8 +352,12 @@ mod tests {
             ),
             (
                 &[("LISTEN_PID", "42"), ("LISTEN_FDS", "4294967295")],
-                "invalid LISTEN_FDS \"4294967295\" in the environment: expected a number of \
-                 sockets that fits fd numbers",
+                "invalid LISTEN_FDS \"4294967295\" in the environment: expected at most 1024 \
+                 sockets",
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("LISTEN_FDS", "1025")],
+                "invalid LISTEN_FDS \"1025\"",
             ),
             (
                 &[("LISTEN_PID", "self"), ("LISTEN_FDS", "1")],
