@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Measures sydney the way docs/SERVER.md reports it: stripped static musl
-# size, idle RSS, and wrk throughput against nginx, alternating runs.
+# Measures sydney outside the bundle: stripped static musl size (a plain
+# cargo build, not the shipped one), idle RSS, and wrk throughput against
+# nginx, alternating runs (docs/SERVER.md, "Measurements").
 #
 #   crates/sydney/bench/compare.sh [ROUNDS] [SECONDS]
 #

@@ -1,7 +1,7 @@
 //! Command-line parsing.
 //!
-//! `lexopt` instead of clap: clap costs hundreds of KB in a binary whose
-//! whole budget is 800 KB (see docs/SERVER.md), and six flags do not need it.
+//! `lexopt` instead of clap: six flags do not need clap, and every byte of
+//! the server ships in every bundle (docs/decisions/0011-server-size.md).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -67,9 +67,12 @@ Precedence: flag, then environment variable, then config file, then default.
 The config file also sets header_read_timeout_secs and max_header_bytes; see
 the template shipped as etc/sydney.toml.
 
-On start the server prints one line to stderr, 'sydney: info: listening on
-ADDR', with the address actually bound. SIGTERM or SIGINT stops it
-gracefully; a second signal stops it at once.
+Listening sockets passed by a service manager (systemd socket activation:
+LISTEN_FDS, LISTEN_PID, fds from 3) are served instead of --bind and --port.
+
+On start the server prints one line to stderr per socket, 'sydney: info:
+listening on ADDR', with the address actually bound. SIGTERM or SIGINT stops
+it gracefully; a second signal stops it at once.
 
 Exit codes:
   0  stopped by SIGTERM or SIGINT (or --help, --version)

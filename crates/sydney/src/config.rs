@@ -16,8 +16,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use toml_spanner::{Arena, Value};
+
 use crate::log::Level;
-use crate::toml_subset::{self, Value};
 
 /// The settings the server runs with, after all sources are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,20 +271,23 @@ pub enum ConfigError {
     },
     /// A key the config file must not contain.
     #[error(
-        "unknown key {key:?} in config file {} line {line}: remove it; valid keys are {}",
+        "unknown {} \"{key}\" in config file {} line {line}: {}; valid keys are {}",
+        if *table { "table" } else { "key" },
         path.display(),
+        if *table { "the config has no tables, write its keys at the top level" } else { "remove it" },
         VALID_KEYS
     )]
     UnknownKey {
         /// The config file.
         path: PathBuf,
-        /// The key, as written.
+        /// The key (or table name), escaped to fit on one line.
         key: String,
         /// 1-based line of the key.
         line: usize,
+        /// The key names a table (`[server]`, or the `a` of `a.b = 1`).
+        table: bool,
     },
-    /// The config file is not valid TOML, or uses TOML that the config
-    /// has no use for (tables, arrays, ...).
+    /// The config file is not valid TOML.
     #[error(
         "cannot parse config file {} line {line} column {column}: {message}",
         path.display()
@@ -376,44 +380,48 @@ pub fn read_file(path: &Path, origin: FileOrigin) -> Result<Option<String>, Conf
 }
 
 /// Parses the config file's text. `path` is only used in error messages.
+///
+/// The TOML itself is read by `toml-spanner` (docs/decisions/0010-toml-parser.md),
+/// which keeps the byte span of every key and value, so each error names
+/// the line of the offending key or value.
 pub fn parse_file(text: &str, path: &Path) -> Result<Layer, ConfigError> {
-    let entries = toml_subset::parse(text).map_err(|err| {
-        let (line, column) = line_column(text, err.offset);
+    let arena = Arena::new();
+    let doc = toml_spanner::parse(text, &arena).map_err(|err| {
+        let (line, column) = line_column(text, err.span().start as usize);
         ConfigError::Syntax {
             path: path.to_owned(),
             line,
             column,
-            message: if err.unsupported {
-                err.message.to_owned()
-            } else {
-                format!("{}; fix the TOML syntax", err.message)
-            },
+            message: format!("{}; fix the TOML syntax", one_line(&err.message(text))),
         }
     })?;
     let mut layer = Layer::default();
-    for entry in entries {
-        let Some(setting) = Setting::ALL.into_iter().find(|s| s.key() == entry.key) else {
+    for (key, item) in doc.table() {
+        let line = line_column(text, key.span.start as usize).0;
+        let Some(setting) = Setting::ALL.into_iter().find(|s| s.key() == key.name) else {
             return Err(ConfigError::UnknownKey {
                 path: path.to_owned(),
-                key: entry.key.to_owned(),
-                line: line_column(text, entry.key_offset).0,
+                key: one_line(key.name),
+                line,
+                table: matches!(item.value(), Value::Table(_)),
             });
         };
-        let parsed = match (&entry.value, setting.is_text()) {
-            (Value::String(s), true) => setting.set_text(&mut layer, s),
-            (Value::Integer(n), false) => u64::try_from(*n)
-                .ok()
-                .and_then(|n| setting.set_integer(&mut layer, n)),
+        let parsed = match item.value() {
+            Value::String(s) if setting.is_text() => setting.set_text(&mut layer, s),
+            Value::Integer(n) if !setting.is_text() => {
+                n.as_u64().and_then(|n| setting.set_integer(&mut layer, n))
+            }
             _ => None,
         };
         if parsed.is_none() {
+            let span = item.span();
             return Err(ConfigError::InvalidValue {
                 setting,
-                value: one_line(text.get(entry.value_span.clone()).unwrap_or("?")),
+                value: one_line(text.get(span.range()).unwrap_or("?")),
                 from: Source::File {
                     path: path.to_owned(),
                     key: setting.key(),
-                    line: line_column(text, entry.value_span.start).0,
+                    line: line_column(text, span.start as usize).0,
                 },
             });
         }
@@ -468,7 +476,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Escapes control characters and shortens long text, so that every error
 /// stays one readable line whatever the user wrote.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     const MAX_CHARS: usize = 60;
     let mut out: String = text
         .chars()
@@ -484,6 +492,9 @@ fn one_line(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {
@@ -617,13 +628,25 @@ mod tests {
             ),
             (
                 "port = 1\n[server]\nport = 1",
-                "cannot parse config file /etc/sydney.toml line 2 column 1: tables ([name]) \
-                 are not used; write the keys at the top level",
+                "unknown table \"server\" in config file /etc/sydney.toml line 2: the config \
+                 has no tables, write its keys at the top level; valid keys are bind, port, \
+                 log_level, header_read_timeout_secs, max_header_bytes, shutdown_timeout_secs",
+            ),
+            (
+                "a.b = 1",
+                "unknown table \"a\" in config file /etc/sydney.toml line 1: the config \
+                 has no tables, write its keys at the top level; valid keys are bind, port, \
+                 log_level, header_read_timeout_secs, max_header_bytes, shutdown_timeout_secs",
             ),
             (
                 "port = 1\nport = 2",
-                "cannot parse config file /etc/sydney.toml line 2 column 1: duplicate key; \
-                 fix the TOML syntax",
+                "cannot parse config file /etc/sydney.toml line 2 column 1: the key `port` is \
+                 defined multiple times in table; fix the TOML syntax",
+            ),
+            (
+                "\"port\" = \"\"\"\n8080\"\"\"",
+                "invalid port \"\"\"\\n8080\"\"\" in config file /etc/sydney.toml line 1 (key port): \
+                 expected an integer 0-65535",
             ),
         ];
         for (text, want) in cases {

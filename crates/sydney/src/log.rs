@@ -3,7 +3,7 @@
 //! The server logs almost nothing (one start-up line, shutdown, rare
 //! warnings), so a global level and `eprintln`-style output is all it needs;
 //! a `tracing` subscriber would cost more binary size than the rest of the
-//! server's own code.
+//! server's own code (docs/decisions/0011-server-size.md).
 
 use std::fmt;
 use std::io::Write;

@@ -2,15 +2,16 @@
 //! router. `GET /` and `HEAD /` answer `Ok`; everything else is a 404.
 //!
 //! This file is the edge: it reads the process's arguments and environment,
-//! turns every failure into one line on stderr and a documented exit code
-//! (see [`cli::HELP`] and docs/SERVER.md), and runs the server on a tokio
-//! runtime until SIGTERM or SIGINT.
+//! takes over listening sockets a service manager passed (systemd's
+//! `LISTEN_FDS`), turns every failure into one line on stderr and a
+//! documented exit code (see [`cli::HELP`] and docs/SERVER.md), and runs the
+//! server on a tokio runtime until SIGTERM or SIGINT.
 
+mod activation;
 mod cli;
 mod config;
 mod log;
 mod server;
-mod toml_subset;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::activation::{Activation, ActivationError};
 use crate::cli::Command;
 use crate::config::{Config, ConfigError, Layer};
 use crate::server::{Limits, Stopped};
@@ -34,6 +36,9 @@ enum Error {
     /// Bad environment variable or config file: exit 2.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Bad `LISTEN_*` variable (exit 2) or inherited socket (exit 1).
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
     /// The server could not start or keep running: exit 1.
     #[error("{0}")]
     Runtime(String),
@@ -43,6 +48,7 @@ impl Error {
     fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) | Error::Config(_) => ExitCode::from(2),
+            Error::Activation(err) => ExitCode::from(err.exit_code()),
             Error::Runtime(_) => ExitCode::from(1),
         }
     }
@@ -67,6 +73,11 @@ fn try_main() -> Result<(), Error> {
         }
         Command::Run(args) => args,
     };
+    let activation = take_activation_env()?;
+    let inherited = match &activation {
+        Activation::Sockets(sockets) => Some(activation::adopt(sockets)?),
+        Activation::None | Activation::Foreign { .. } => None,
+    };
     let env = config::env_layer(|name| std::env::var_os(name))?;
     let file = match config::config_path(args.config, std::env::var_os("BUNDLE_ROOT")) {
         Some((path, origin)) => match config::read_file(&path, origin)? {
@@ -77,14 +88,39 @@ fn try_main() -> Result<(), Error> {
     };
     let config = Config::resolve(&[&file, &env, &args.flags]);
     log::set_max_level(config.log_level);
-    serve(&config)
+    if let Activation::Foreign { listen_pid } = activation {
+        // What sd_listen_fds does: the sockets are not ours; bind as configured.
+        debug!("ignoring LISTEN_FDS: LISTEN_PID {listen_pid} is another process");
+    }
+    serve(&config, &activation, inherited)
 }
 
-/// Runs the server until a signal stops it.
-fn serve(config: &Config) -> Result<(), Error> {
+/// Reads the systemd socket-activation variables and unsets them, so that
+/// no child process inherits them.
+///
+/// Runs first, while the process is single-threaded and before anything
+/// else is opened: the descriptors from 3 on are then still the ones passed.
+fn take_activation_env() -> Result<Activation, Error> {
+    let activation = activation::from_env(|name| std::env::var_os(name), std::process::id());
+    for name in activation::VARS {
+        // SAFETY: no other thread exists yet (the tokio runtime is built
+        // later, in `serve`), so nothing can read the environment while it
+        // changes.
+        unsafe { std::env::remove_var(name) };
+    }
+    Ok(activation?)
+}
+
+/// Runs the server until a signal stops it, on the inherited listeners if
+/// there are any, else on the configured address.
+fn serve(
+    config: &Config,
+    activation: &Activation,
+    inherited: Option<Vec<std::net::TcpListener>>,
+) -> Result<(), Error> {
     // One thread: on the target machines (2 cores, with the load generator
-    // or the proxy on the other) it beat a multi-threaded runtime; see
-    // docs/SERVER.md.
+    // or the proxy on the other) it beat a multi-threaded runtime
+    // (docs/decisions/0013-server-runtime-and-allocator.md).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -97,14 +133,10 @@ fn serve(config: &Config) -> Result<(), Error> {
         // container, be ignored).
         let mut signals = Signals::install()
             .map_err(|err| Error::Runtime(format!("cannot install signal handlers: {err}")))?;
-        let addr = SocketAddr::new(config.bind, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|err| bind_error(addr, &err))?;
-        let local = listener
-            .local_addr()
-            .map_err(|err| bind_error(addr, &err))?;
-        info!("listening on {local}");
+        let listeners = match inherited {
+            Some(inherited) => adopt_listeners(activation, inherited)?,
+            None => vec![bind(SocketAddr::new(config.bind, config.port)).await?],
+        };
 
         let limits = Limits {
             header_read_timeout: config.header_read_timeout,
@@ -112,7 +144,7 @@ fn serve(config: &Config) -> Result<(), Error> {
             shutdown_timeout: config.shutdown_timeout,
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let mut server = pin!(server::run(listener, limits, async {
+        let mut server = pin!(server::run(listeners, limits, async {
             let _ = stop_rx.await;
         }));
         let mut stop_tx = Some(stop_tx);
@@ -165,6 +197,47 @@ impl Signals {
             _ = self.int.recv() => "SIGINT",
         }
     }
+}
+
+/// Binds the configured address and announces it.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| bind_error(addr, &err))?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| bind_error(addr, &err))?;
+    info!("listening on {local}");
+    Ok(listener)
+}
+
+/// Hands inherited listeners to tokio and announces each address (in the
+/// same `listening on ADDR` form as a bound one).
+fn adopt_listeners(
+    activation: &Activation,
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<Vec<TcpListener>, Error> {
+    let runtime_error =
+        |err: io::Error| Error::Runtime(format!("cannot serve on the inherited sockets: {err}"));
+    if let Activation::Sockets(sockets) = activation {
+        let sockets: Vec<String> = sockets.iter().map(ToString::to_string).collect();
+        info!(
+            "serving on the sockets the service manager passed (LISTEN_FDS): {}; \
+             bind and port settings are not used",
+            sockets.join(", ")
+        );
+    }
+    let mut listeners = Vec::with_capacity(inherited.len());
+    for listener in inherited {
+        listener.set_nonblocking(true).map_err(runtime_error)?;
+        let listener = TcpListener::from_std(listener).map_err(runtime_error)?;
+        info!(
+            "listening on {}",
+            listener.local_addr().map_err(runtime_error)?
+        );
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// Explains a failure to listen and what to do about it.

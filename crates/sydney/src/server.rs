@@ -2,9 +2,11 @@
 //!
 //! Shape borrowed from mini-redis and hyper-util's `server_graceful`
 //! example: [`run`] accepts until `shutdown` resolves, then drops the
-//! listener and waits, bounded by a timeout, for each connection to finish.
+//! listeners and waits, bounded by a timeout, for each connection to finish.
 //!
-//! What hyper 1.x's `graceful_shutdown` does with an HTTP/1 connection
+//! Why this goes beyond hyper's own graceful shutdown:
+//! docs/decisions/0012-graceful-shutdown.md. In short, what hyper 1.x's
+//! `graceful_shutdown` does with an HTTP/1 connection
 //! (read from `proto/h1/conn.rs`, `disable_keep_alive`, and confirmed by the
 //! tests in `tests/it/shutdown.rs`):
 //!
@@ -25,14 +27,15 @@
 //! deciding, each connection gets one more turn of the I/O driver, so bytes
 //! that reached the kernel together with the signal are read first.
 //!
-//! The listener needs care too: dropping it resets every connection still
+//! The listeners need care too: dropping one resets every connection still
 //! waiting in the kernel's accept backlog, although those clients connected
 //! (and may have sent their request) before the signal. [`run`] accepts
-//! what is waiting before it drops the listener.
+//! what is waiting before it drops the listeners.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,11 +77,11 @@ pub enum Stopped {
     TimedOut(usize),
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops
-/// accepting and waits up to `limits.shutdown_timeout` for open connections
-/// to finish.
+/// Serves HTTP/1.1 on `listeners` (one bound by us, or those a service
+/// manager passed) until `shutdown` resolves, then stops accepting and
+/// waits up to `limits.shutdown_timeout` for open connections to finish.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Stopped {
@@ -92,29 +95,32 @@ pub async fn run(
     // tells when the last connection has finished.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
+    let mut next = 0;
     loop {
         tokio::select! {
             // Shutdown first, so that once it is due no more connections are
-            // taken here; the backlog is drained below either way.
+            // taken here; the backlogs are drained below either way.
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_connection(stream, &http, &stop_rx),
+            accepted = accept_any(&listeners, &mut next) => match accepted {
+                Ok((stream, peer)) => spawn_connection(stream, peer, &http, &stop_rx),
                 Err(err) => accept_failed(err).await,
             },
         }
     }
 
     // Connections that completed the TCP handshake before the signal wait in
-    // the kernel's backlog; closing the listener would reset them, so take
+    // the kernel's backlogs; closing a listener would reset them, so take
     // them first. Anything that arrives later is refused by the kernel.
-    while let Some(accepted) = accept_now(&listener).await {
-        match accepted {
-            Ok((stream, _)) => spawn_connection(stream, &http, &stop_rx),
-            Err(err) => debug!("accept during shutdown failed: {err}"),
+    for listener in &listeners {
+        while let Some(accepted) = accept_now(listener).await {
+            match accepted {
+                Ok((stream, peer)) => spawn_connection(stream, peer, &http, &stop_rx),
+                Err(err) => debug!("accept during shutdown failed: {err}"),
+            }
         }
     }
-    drop(listener);
+    drop(listeners);
     drop(stop_rx);
 
     let open = stop_tx.receiver_count();
@@ -134,14 +140,42 @@ pub async fn run(
     }
 }
 
-fn spawn_connection(stream: TcpStream, http: &Arc<http1::Builder>, stop: &watch::Receiver<bool>) {
-    tokio::spawn(serve_connection(stream, Arc::clone(http), stop.clone()));
+/// Accepts the next connection on any of `listeners`. Polling starts after
+/// the listener that accepted last (`next`), so a busy one cannot starve
+/// the others.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for _ in 0..listeners.len() {
+            let i = *next % listeners.len();
+            *next = i + 1;
+            if let Poll::Ready(result) = listeners[i].poll_accept(cx) {
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    http: &Arc<http1::Builder>,
+    stop: &watch::Receiver<bool>,
+) {
+    tokio::spawn(serve_connection(
+        stream,
+        peer,
+        Arc::clone(http),
+        stop.clone(),
+    ));
 }
 
 /// Accepts a connection if one is waiting, without waiting for one.
-async fn accept_now(
-    listener: &TcpListener,
-) -> Option<io::Result<(TcpStream, std::net::SocketAddr)>> {
+async fn accept_now(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
     std::future::poll_fn(|cx| match listener.poll_accept(cx) {
         Poll::Ready(result) => Poll::Ready(Some(result)),
         Poll::Pending => Poll::Ready(None),
@@ -170,6 +204,7 @@ async fn accept_failed(err: io::Error) {
 /// shutdown closes it.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     http: Arc<http1::Builder>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -208,9 +243,11 @@ async fn serve_connection(
                     if state.unanswered.load(Ordering::Relaxed) {
                         // Part of a request is in; answer it, then close.
                         state.closing.store(true, Ordering::Relaxed);
+                        debug!("shutdown: {peer}: answering the request part-way in, then closing");
                     } else {
                         // Idle: closes now. Busy: hyper finishes, then closes.
                         conn.as_mut().graceful_shutdown();
+                        debug!("shutdown: {peer}: closing after the request in progress, if any");
                     }
                     conn.await
                 }

@@ -1,9 +1,10 @@
 //! Where settings come from: flag > environment > config file > default.
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Sydney, free_port, write_file};
+use crate::harness::{Conn, ListenPid, Sydney, free_port, write_file};
 
 /// One row of a precedence table: the value each source sets (if any) and
 /// the value that should win.
@@ -152,10 +153,17 @@ fn log_level_precedence() {
                 row.name
             );
         } else {
-            // Without the line there is no address to wait for: give the
-            // server time to start, stop it, and check it stayed quiet.
-            let mut server = cmd.start();
-            std::thread::sleep(Duration::from_millis(300));
+            // Without the line there is nothing to wait for on stderr, so
+            // the test hands the server a listening socket (as systemd
+            // would) and waits for an answer on it: the server then runs,
+            // with its signal handlers installed before it accepted.
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let mut server = cmd.pass_fd(listener, ListenPid::Child).start();
+            let mut conn = Conn::open(addr).expect("connect");
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+            let response = conn.response(false).unwrap_or_else(|err| server.fail(&err));
+            assert_eq!(response.status, 200, "case {}", row.name);
             server.signal(libc::SIGTERM);
             let status = server.wait(Duration::from_secs(5));
             assert_eq!(status.code(), Some(0), "case {}", row.name);

@@ -63,8 +63,8 @@ fn bad_configuration_exits_2_with_one_line_naming_the_source() {
             env: &[],
             args: &[],
             want: &[
-                "cannot parse config file {file} line 1 column 1: tables ([name]) are not used",
-                "write the keys at the top level",
+                "unknown table \"server\" in config file {file} line 1",
+                "write its keys at the top level",
             ],
         },
         Case {
@@ -259,6 +259,7 @@ fn help_documents_flags_and_exit_codes() {
             "BIND",
             "RUST_LOG",
             "BUNDLE_ROOT",
+            "LISTEN_FDS",
             "Exit codes",
             "  1  ",
             "  2  ",

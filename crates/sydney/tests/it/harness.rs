@@ -2,11 +2,18 @@
 //!
 //! Every failure message carries the command line, the environment given to
 //! the child and everything it printed, so a red test explains itself.
+//!
+//! Tests wait on what the server shows, never on time passing: its
+//! `listening on` line, other log lines ([`Server::wait_for_line`]), the
+//! kernel's view of a connection ([`Conn::wait_until_read`]), and the
+//! signal handlers it has installed ([`Server::signal`] checks them).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -22,7 +29,33 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct Sydney {
     args: Vec<OsString>,
     env: Vec<(String, OsString)>,
+    passed: Option<Passed>,
 }
+
+/// Descriptors handed to the child from fd 3 on, as systemd's socket
+/// activation does.
+#[derive(Debug, Clone)]
+struct Passed {
+    fds: Vec<Arc<OwnedFd>>,
+    listen_pid: ListenPid,
+}
+
+/// The most descriptors a test can pass.
+const MAX_PASSED: usize = 8;
+
+/// What `LISTEN_PID` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenPid {
+    /// The child's own pid, as systemd sets it.
+    Child,
+    /// This value (another process's pid, or something malformed).
+    Value(String),
+}
+
+/// The wrapper that sets `LISTEN_PID` to the pid the server will have: a
+/// shell's `$$` survives its `exec`. (`pre_exec` cannot do it: the child's
+/// environment is fixed before fork.)
+const SET_LISTEN_PID: &str = "export LISTEN_PID=$$; exec \"$0\" \"$@\"";
 
 impl Sydney {
     /// No arguments, empty environment.
@@ -51,19 +84,94 @@ impl Sydney {
         self
     }
 
+    /// Passes `fd` to the server at fd 3 with `LISTEN_FDS=1` (unless the
+    /// test sets it itself) and `LISTEN_PID`, exactly as systemd's socket
+    /// activation does.
+    pub fn pass_fd(self, fd: impl Into<OwnedFd>, listen_pid: ListenPid) -> Self {
+        self.pass_fds(vec![fd.into()], listen_pid)
+    }
+
+    /// Passes `fds` at fd 3, 4, ... with `LISTEN_FDS` set to their number.
+    pub fn pass_fds(mut self, fds: Vec<OwnedFd>, listen_pid: ListenPid) -> Self {
+        assert!(fds.len() <= MAX_PASSED, "at most {MAX_PASSED} descriptors");
+        self.passed = Some(Passed {
+            fds: fds.into_iter().map(Arc::new).collect(),
+            listen_pid,
+        });
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sydney"));
+        let sydney = env!("CARGO_BIN_EXE_sydney");
+        let mut cmd = match &self.passed {
+            Some(Passed {
+                listen_pid: ListenPid::Child,
+                ..
+            }) => {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.args(["-c", SET_LISTEN_PID, sydney]);
+                cmd
+            }
+            _ => Command::new(sydney),
+        };
         // A clean environment: the developer's PORT, RUST_LOG or
         // RUST_BACKTRACE must not change what the tests see.
-        cmd.env_clear()
-            .args(&self.args)
-            .envs(self.env.iter().cloned());
+        cmd.env_clear().args(&self.args);
+        if let Some(passed) = &self.passed {
+            cmd.env("LISTEN_FDS", passed.fds.len().to_string());
+            if let ListenPid::Value(pid) = &passed.listen_pid {
+                cmd.env("LISTEN_PID", pid);
+            }
+            let count = passed.fds.len();
+            let mut fds = [-1; MAX_PASSED];
+            for (slot, fd) in fds.iter_mut().zip(&passed.fds) {
+                *slot = fd.as_raw_fd();
+            }
+            // SAFETY: the closure only makes async-signal-safe system calls
+            // (fcntl, dup2) on descriptors the parent keeps open (`Passed`
+            // holds them until `command` has spawned), and allocates
+            // nothing (its arrays live on its stack).
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Copy each out of the way first (close-on-exec, at 100
+                    // and up), so that placing one at 3 + i cannot overwrite
+                    // another still to be placed; dup2 then leaves each
+                    // final copy inheritable.
+                    let mut high = [-1; MAX_PASSED];
+                    for i in 0..count {
+                        high[i] = libc::fcntl(fds[i], libc::F_DUPFD_CLOEXEC, 100);
+                        if high[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, &fd) in high.iter().enumerate().take(count) {
+                        if libc::dup2(fd, 3 + i as libc::c_int) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.envs(self.env.iter().cloned());
         cmd
     }
 
     /// The command line, for failure messages.
     pub fn describe(&self) -> String {
         let mut out = String::new();
+        if let Some(passed) = &self.passed {
+            for (i, fd) in passed.fds.iter().enumerate() {
+                let _ = write!(out, "[fd {}: {fd:?}] ", 3 + i);
+            }
+            let _ = write!(out, "LISTEN_FDS={} ", passed.fds.len());
+            match &passed.listen_pid {
+                ListenPid::Child => out.push_str("LISTEN_PID=<its own pid> "),
+                ListenPid::Value(pid) => {
+                    let _ = write!(out, "LISTEN_PID={pid} ");
+                }
+            }
+        }
         for (name, value) in &self.env {
             let _ = write!(out, "{name}={} ", value.to_string_lossy());
         }
@@ -105,12 +213,13 @@ impl Sydney {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run `{}`: {err}", self.describe()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        let lines = read_lines(child.stderr.take().expect("stderr is piped"), &stderr);
+        let (lines, reader) = read_lines(child.stderr.take().expect("stderr is piped"), &stderr);
         Server {
             child,
             cmd: self,
             stderr,
             lines,
+            reader: Some(reader),
             addr: None,
         }
     }
@@ -179,6 +288,9 @@ pub struct Server {
     cmd: Sydney,
     stderr: Arc<Mutex<String>>,
     lines: Receiver<String>,
+    /// The thread reading stderr; joined once the process has exited, so
+    /// that [`Server::stderr`] is then complete.
+    reader: Option<thread::JoinHandle<()>>,
     addr: Option<SocketAddr>,
 }
 
@@ -214,8 +326,25 @@ impl Server {
             .unwrap_or_else(|err| self.fail(&format!("GET {path}: {err}")))
     }
 
-    /// Sends a signal (e.g. `libc::SIGTERM`).
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`). For SIGTERM and SIGINT it
+    /// first asserts that the server has installed its handler, so a test
+    /// can never mistake the kernel's default action (death by signal) for
+    /// the server's behaviour, or race the server's start-up.
     pub fn signal(&self, signal: libc::c_int) {
+        if signal == libc::SIGTERM || signal == libc::SIGINT {
+            let caught = self.caught_signals();
+            if caught & (1 << (signal - 1)) == 0 {
+                self.fail(&format!(
+                    "signal {signal} would be sent before the server handles it \
+                     (SigCgt {caught:#x})"
+                ));
+            }
+        }
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions. The child has
         // not been reaped yet (that only happens in `wait`/drop), so its pid
@@ -229,18 +358,50 @@ impl Server {
         }
     }
 
+    /// The signals the process has handlers for (`SigCgt` in
+    /// /proc/PID/status; bit N-1 is signal N).
+    pub fn caught_signals(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_else(|err| self.fail(&format!("cannot read /proc/PID/status: {err}")));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or_else(|| self.fail("no SigCgt line in /proc/PID/status"))
+    }
+
+    /// Waits for a stderr line containing `text` (lines the server printed
+    /// before, and that an earlier wait consumed, do not count) and
+    /// returns it.
+    pub fn wait_for_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => self.fail(&format!("no stderr line containing {text:?}")),
+            }
+        }
+    }
+
     /// Waits for the process to exit; fails after `within`.
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
         match wait_with_timeout(&mut self.child, within) {
-            Some(status) => status,
+            Some(status) => {
+                // The pipe is at its end: let the reader take everything.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                status
+            }
             None => self.fail(&format!("did not exit within {within:?}")),
         }
     }
 
-    /// Everything the server printed on stderr so far.
+    /// Everything the server printed on stderr so far (all of it, once
+    /// [`Server::wait`] has returned).
     pub fn stderr(&self) -> String {
-        // Give the reader thread a moment to catch up with what was printed.
-        thread::sleep(Duration::from_millis(50));
         self.stderr.lock().expect("stderr lock").clone()
     }
 
@@ -278,6 +439,30 @@ impl Conn {
         Ok(Conn {
             stream: BufReader::new(stream),
         })
+    }
+
+    /// Waits until the server has read everything sent on this connection
+    /// so far, as the kernel sees it: the client's send queue is empty (the
+    /// server's kernel acknowledged every byte) and the server's receive
+    /// queue is empty (its process read them). IPv4 only.
+    pub fn wait_until_read(&self) {
+        let stream = self.stream.get_ref();
+        let here = stream.local_addr().expect("local addr");
+        let there = stream.peer_addr().expect("peer addr");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let client = tcp_queues(here, there);
+            let server = tcp_queues(there, here);
+            if let (Some((0, _)), Some((_, 0))) = (client, server) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not read what was sent within {PATIENCE:?} \
+                 (client tx/rx queues {client:?}, server {server:?})"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Writes raw bytes.
@@ -381,6 +566,33 @@ impl Response {
     }
 }
 
+/// The transmit and receive queue lengths of the IPv4 TCP socket from
+/// `local` to `remote`, from /proc/net/tcp.
+fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |addr: SocketAddr| match addr {
+        // /proc/net/tcp prints the address as a native-endian u32.
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("wait_until_read supports IPv4 only, not {addr}"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (tx, rx) = fields.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
 /// A port that was free a moment ago on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a free port");
@@ -420,10 +632,13 @@ pub fn one_error_line(finished: &Finished) -> &str {
     lines[0]
 }
 
-fn read_lines(stderr: impl Read + Send + 'static, log: &Arc<Mutex<String>>) -> Receiver<String> {
+fn read_lines(
+    stderr: impl Read + Send + 'static,
+    log: &Arc<Mutex<String>>,
+) -> (Receiver<String>, thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let log = Arc::clone(log);
-    thread::spawn(move || {
+    let reader = thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Ok(mut log) = log.lock() {
@@ -433,7 +648,7 @@ fn read_lines(stderr: impl Read + Send + 'static, log: &Arc<Mutex<String>>) -> R
             let _ = tx.send(line);
         }
     });
-    rx
+    (rx, reader)
 }
 
 fn collect(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

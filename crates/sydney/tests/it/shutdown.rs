@@ -1,14 +1,20 @@
 //! Graceful shutdown on SIGTERM and SIGINT.
+//!
+//! The order of events is made certain by waiting on what the server and
+//! the kernel show, never on time: [`Conn::wait_until_read`] (the server
+//! has read what was sent), and the server's own log lines (at debug level
+//! it says when shutdown reached a connection).
+//!
+//! [`Conn::wait_until_read`]: crate::harness::Conn::wait_until_read
 
 use std::net::TcpStream;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::Sydney;
 
-/// Time for the server to read what a test just sent; the shutdown tests
-/// are about bytes the server has already seen.
-const SETTLE: Duration = Duration::from_millis(200);
+/// What the server logs (at debug) when shutdown finds a request part-way
+/// in on a connection.
+const PART_WAY_IN: &str = "answering the request part-way in, then closing";
 
 /// An idle server must exit well within this.
 const PROMPT: Duration = Duration::from_secs(2);
@@ -51,12 +57,12 @@ fn idle_keep_alive_connections_do_not_delay_shutdown() {
 
 #[test]
 fn request_part_way_in_on_a_new_connection_is_answered() {
-    let mut server = Sydney::loopback().spawn();
+    let mut server = Sydney::loopback().args(["--log-level", "debug"]).spawn();
     let mut conn = server.connect();
     conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n");
-    thread::sleep(SETTLE);
+    conn.wait_until_read();
     server.signal(libc::SIGTERM);
-    thread::sleep(SETTLE);
+    server.wait_for_line(PART_WAY_IN);
     conn.send(b"\r\n");
     let response = conn.response(false).unwrap_or_else(|err| server.fail(&err));
     assert_eq!((response.status, response.text().as_str()), (200, "Ok"));
@@ -70,14 +76,14 @@ fn request_part_way_in_on_a_new_connection_is_answered() {
 /// counts as idle, even with half of the next request already read.
 #[test]
 fn second_request_part_way_in_on_a_keep_alive_connection_is_answered() {
-    let mut server = Sydney::loopback().spawn();
+    let mut server = Sydney::loopback().args(["--log-level", "debug"]).spawn();
     let mut conn = server.connect();
     conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(conn.response(false).map(|r| r.status), Ok(200));
     conn.send(b"GET /nope HTTP/1.1\r\n");
-    thread::sleep(SETTLE);
+    conn.wait_until_read();
     server.signal(libc::SIGTERM);
-    thread::sleep(SETTLE);
+    server.wait_for_line(PART_WAY_IN);
     conn.send(b"Host: t\r\n\r\n");
     let response = conn.response(false).unwrap_or_else(|err| server.fail(&err));
     assert_eq!(response.status, 404);
@@ -127,14 +133,15 @@ fn request_sent_just_before_the_signal_is_answered() {
 
 #[test]
 fn listener_closes_while_draining() {
-    let mut server = Sydney::loopback().spawn();
+    let mut server = Sydney::loopback().args(["--log-level", "debug"]).spawn();
     let addr = server.addr();
     // Keeps the server draining.
     let mut slow = server.connect();
     slow.send(b"GET / HTTP/1.1\r\n");
-    thread::sleep(SETTLE);
+    slow.wait_until_read();
     server.signal(libc::SIGTERM);
-    thread::sleep(SETTLE);
+    // Logged once the listener is closed.
+    server.wait_for_line("draining 1 connections");
     let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
     assert!(refused.is_err(), "new connection accepted while draining");
     slow.send(b"Host: t\r\n\r\n");
@@ -148,7 +155,7 @@ fn drain_is_bounded_by_the_shutdown_timeout() {
     // A request that never completes (the header timeout is 10 s).
     let mut stuck = server.connect();
     stuck.send(b"GET / HTTP/1.1\r\n");
-    thread::sleep(SETTLE);
+    stuck.wait_until_read();
     let start = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait(Duration::from_secs(5));
@@ -170,9 +177,9 @@ fn second_signal_exits_at_once() {
     let mut server = Sydney::loopback().spawn();
     let mut stuck = server.connect();
     stuck.send(b"GET / HTTP/1.1\r\n");
-    thread::sleep(SETTLE);
+    stuck.wait_until_read();
     server.signal(libc::SIGTERM);
-    thread::sleep(SETTLE);
+    server.wait_for_line("received SIGTERM");
     let start = Instant::now();
     server.signal(libc::SIGINT);
     assert_eq!(server.wait(Duration::from_secs(5)).code(), Some(0));
