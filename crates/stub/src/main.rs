@@ -123,16 +123,27 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Restart(args) => {
             let state = state_for_control(&bundle)?;
-            match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
-                Ok(pid) => println!("stopped {name} (pid {pid})"),
-                Err(err) if exit_for(&err) == Exit::NotRunning => {}
+            let stopped = match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
+                Ok(pid) => {
+                    println!("stopped {name} (pid {pid})");
+                    Some(pid)
+                }
+                Err(err) if exit_for(&err) == Exit::NotRunning => None,
                 Err(err) => return Err(err),
-            }
-            daemon(&bundle, &args.args)?;
+            };
+            daemon(&bundle, &args.args).map_err(|err| match stopped {
+                Some(pid) => err.context(format!(
+                    "stopped {name} (pid {pid}) but could not start it again; nothing runs now"
+                )),
+                None => err,
+            })?;
         }
         Command::Pid(_) => {
             let state = state_for_control(&bundle)?;
-            match state.status() {
+            if !state.check()? {
+                return Err(coded(Exit::NotRunning, format!("{name} is not running")));
+            }
+            match state.status()? {
                 lifecycle::Status::Running(record) => println!("{}", record.pid),
                 lifecycle::Status::NotRunning { .. } => {
                     return Err(coded(Exit::NotRunning, format!("{name} is not running")));

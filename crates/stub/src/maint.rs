@@ -191,16 +191,30 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
                 "no extracted tree here to compare (it is created by `start`, `daemon` or `exec`)",
             )
         })?;
-    let problems = compare_tree(&tree, &index.entries)?;
+    let mut problems = compare_tree(&tree, &index.entries)?;
+    if !marker_matches(&tree, bundle) {
+        problems.push(format!(
+            "marker: {} is missing or does not name this bundle",
+            tree::MARKER
+        ));
+    }
     let _ = writeln!(out, "tree: {}", tree.display());
-    let mut failed = false;
     for problem in &problems {
-        failed |= !problem.starts_with("extra:");
         let _ = writeln!(out, "{problem}");
     }
-    if failed {
+    // The most serious kind found decides the exit code.
+    let worst = [
+        ("privileged:", Exit::TreePrivileged),
+        ("missing:", Exit::TreeMismatch),
+        ("changed:", Exit::TreeMismatch),
+        ("extra:", Exit::TreeExtra),
+        ("marker:", Exit::TreeUnmarked),
+    ]
+    .into_iter()
+    .find(|(kind, _)| problems.iter().any(|p| p.starts_with(kind)));
+    if let Some((_, exit)) = worst {
         return Err(coded(
-            Exit::TreeMismatch,
+            exit,
             format!(
                 "{}the extracted tree differs from the bundle; run `clean --all` and start again",
                 out
@@ -209,6 +223,25 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
     }
     out.push_str("tree ok: every file matches\n");
     Ok(out)
+}
+
+/// Whether the tree's marker is a file naming this bundle and digest.
+fn marker_matches(tree: &Path, bundle: &Bundle<'_>) -> bool {
+    let path = tree.join(tree::MARKER);
+    if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let Ok(text) = fs::read_to_string(&path) else {
+        return false;
+    };
+    let m = bundle.manifest();
+    let expected = format!(
+        "name={}\nversion={}\npayload_sha256={}\n",
+        m.name,
+        m.version,
+        hex(bundle.payload_sha256())
+    );
+    text == expected
 }
 
 /// Lists `missing:`, `changed:` and `extra:` lines for `tree`.
@@ -248,6 +281,14 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
         if let Some(why) = changed {
             problems.push(format!("changed: {} ({why})", entry.path));
         }
+        let special = meta.permissions().mode() & 0o7000;
+        if special != 0 && !meta.file_type().is_symlink() {
+            problems.push(format!(
+                "privileged: {} (mode {:o}: setuid, setgid or sticky bit)",
+                entry.path,
+                meta.permissions().mode() & 0o7777
+            ));
+        }
     }
     let mut stack = vec![tree.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -257,10 +298,16 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
                 continue;
             }
             if !known.contains(&path) {
-                problems.push(format!(
-                    "extra: {}",
-                    path.strip_prefix(tree).unwrap_or(&path).display()
-                ));
+                let rel = path.strip_prefix(tree).unwrap_or(&path).display();
+                problems.push(format!("extra: {rel}"));
+                if let Ok(meta) = fs::symlink_metadata(&path) {
+                    if meta.permissions().mode() & 0o7000 != 0 && !meta.file_type().is_symlink() {
+                        problems.push(format!(
+                            "privileged: {rel} (mode {:o}: setuid, setgid or sticky bit)",
+                            meta.permissions().mode() & 0o7777
+                        ));
+                    }
+                }
             } else if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 stack.push(path);
             }
@@ -354,6 +401,14 @@ pub fn clean(bundle: &Bundle<'_>, all: bool) -> Result<String> {
             (Some(current.as_str()), tree::KEEP_OLDER)
         };
         let report = tree::housekeeping(&candidate.root, &manifest.name, current, keep);
+        if report.foreign {
+            let _ = writeln!(
+                out,
+                "skipped {}: it holds files the bundle did not create (a cache root should be a \
+                 directory of its own)",
+                candidate.root.display()
+            );
+        }
         for path in report.temps_removed.iter().chain(&report.trees_removed) {
             let _ = writeln!(out, "removed {}", path.display());
             removed += 1;
