@@ -324,6 +324,28 @@ fn tampered_state_files_are_refused_by_every_control_command() {
         }
     }
 
+    // The log, which only `daemon` (and `restart`) open: never followed.
+    {
+        let sandbox = Sandbox::new();
+        let bundle = sandbox.sydney_bundle();
+        let state = sandbox.join("S");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        let target = sandbox.join("target");
+        fs::write(&target, "untouched").unwrap();
+        symlink(&target, state.join("log")).unwrap();
+        for command in ["daemon", "restart"] {
+            let ran = run(sandbox
+                .command(&bundle)
+                .env("SYDNEY_BUNDLE_STATE_DIR", &state)
+                .args([command, "--", "--port", "0"]));
+            ran.expect_code(23)
+                .expect_stderr("symlink")
+                .expect_one_line_error();
+        }
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+    }
+
     // The directory itself: a symlink to a private directory, or group-writable.
     for what in ["state dir a symlink", "state dir group-writable"] {
         let sandbox = Sandbox::new();
@@ -524,6 +546,34 @@ fn housekeeping_removes_only_its_own_exact_names() {
     );
 }
 
+/// Bundles `app` and `app-extra` share a root: `app`'s housekeeping never
+/// takes `app-extra`'s trees, whose names start with `app-` too.
+#[test]
+fn a_bundle_whose_name_extends_another_keeps_its_trees() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("release");
+    write_exec(&release.join("bin/run"), "#!/bin/sh\nexit 0\n");
+    let bundle = |name: &str, version: &str| {
+        let path = sandbox.join(&format!("{name}-{version}"));
+        let mut options = pack_options(name, "bin/run", Codec::Gzip);
+        options.version = version.to_owned();
+        pack(&release, &options, &path);
+        path
+    };
+    let extra = bundle("app-extra", "1");
+    run(sandbox.command(&extra).arg("start")).expect_success();
+    let (extra_trees, _) = cache_contents(&sandbox.cache());
+    assert_eq!(extra_trees.len(), 1, "precondition: {extra_trees:?}");
+    // Cold starts of four versions of `app` (housekeeping each time), then
+    // `clean --all`.
+    for version in ["1", "2", "3", "4"] {
+        run(sandbox.command(bundle("app", version)).arg("start")).expect_success();
+    }
+    run(sandbox.command(bundle("app", "4")).args(["clean", "--all"])).expect_success();
+    let (trees, _) = cache_contents(&sandbox.cache());
+    assert_eq!(trees, extra_trees);
+}
+
 // ---------------------------------------------------------------------------
 // Failures that leave half-done state
 // ---------------------------------------------------------------------------
@@ -646,6 +696,29 @@ fn every_step_of_daemon_restart_and_stop_fails_cleanly_on_a_full_disk() {
         stop, "stop-full code=0 servers=0 pidfile=0",
         "stop on a full disk"
     );
+}
+
+/// `extract` into an existing empty directory that fails (a corrupt
+/// payload) leaves that directory as it was, and no partial copy.
+#[test]
+fn a_failed_extract_keeps_the_empty_directory_it_was_given() {
+    let mut bytes = fs::read(&artifacts().bundle).unwrap();
+    let payload = Bundle::open(&bytes)
+        .unwrap()
+        .layout()
+        .trailer
+        .payload
+        .clone();
+    bytes[(payload.start + payload.end) as usize / 2] ^= 0x20;
+    let sandbox = Sandbox::new();
+    let path = write_bundle(&sandbox, "damaged", &bytes);
+    let out = sandbox.join("out");
+    fs::create_dir(&out).unwrap();
+    run(sandbox.command(&path).args(["extract", "out"]))
+        .expect_code(14)
+        .expect_one_line_error();
+    assert!(out.is_dir(), "the empty directory was removed");
+    assert_eq!(Sandbox::list(sandbox.path()), ["damaged", "home", "out"]);
 }
 
 // ---------------------------------------------------------------------------

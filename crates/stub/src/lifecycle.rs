@@ -420,12 +420,11 @@ pub fn daemon(
     }
     let lock = state.instance_lock()?;
     let log_path = state.log_path();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let log = StateDir::open_checked(
+        &log_path,
+        OpenOptions::new().create(true).append(true).mode(0o600),
+    )?
+    .with_context(|| format!("cannot open the log {}", log_path.display()))?;
     let stdin = null_input()?;
     // Before anything runs: on a full disk this is what fails.
     let reserved = state.reserve_record()?;

@@ -231,9 +231,11 @@ fn marker_matches(tree: &Path, bundle: &Bundle<'_>) -> bool {
     if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
         return false;
     }
-    let Ok(text) = fs::read_to_string(&path) else {
+    let mut text = String::new();
+    let read = File::open(&path).and_then(|file| file.take(4096).read_to_string(&mut text));
+    if read.is_err() {
         return false;
-    };
+    }
     let m = bundle.manifest();
     let expected = format!(
         "name={}\nversion={}\npayload_sha256={}\n",
@@ -318,7 +320,10 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
 
 /// `extract DIR`: unpacks into a new directory, atomically.
 pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
-    let empty_existing = match fs::read_dir(dir) {
+    // An existing empty directory is replaced by the final rename itself
+    // (rename(2) onto an empty directory): never removed beforehand, so a
+    // failed extraction leaves it as it was.
+    match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(coded(
@@ -329,13 +334,12 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
                     ),
                 ));
             }
-            true
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => {
             return Err(anyhow::Error::new(err).context(format!("cannot use {}", dir.display())));
         }
-    };
+    }
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -361,9 +365,6 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
             );
         }
     };
-    if empty_existing {
-        let _ = fs::remove_dir(dir);
-    }
     if let Err(err) = fs::rename(&temp, dir) {
         tree::remove_tree(&temp);
         return Err(

@@ -220,8 +220,9 @@ fn create_private(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-/// What a tree's marker says: the tree name it was written for, and when.
-fn read_marker(tree: &Path) -> Option<(String, SystemTime)> {
+/// What a tree's marker says: the bundle name and the tree name it was
+/// written for, and when.
+fn read_marker(tree: &Path) -> Option<(String, String, SystemTime)> {
     let path = tree.join(MARKER);
     let file = OpenOptions::new()
         .read(true)
@@ -238,14 +239,10 @@ fn read_marker(tree: &Path) -> Option<(String, SystemTime)> {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
     };
+    let name = field("name")?;
     let digest = field("payload_sha256")?;
-    let tree_name = format!(
-        "{}-{}-{}",
-        field("name")?,
-        field("version")?,
-        digest.get(..16)?
-    );
-    Some((tree_name, meta.modified().ok()?))
+    let tree_name = format!("{name}-{}-{}", field("version")?, digest.get(..16)?);
+    Some((name.to_owned(), tree_name, meta.modified().ok()?))
 }
 
 /// `<name>-<version>-<16 lowercase hex>`, as `Manifest::tree_dir_name` makes.
@@ -380,9 +377,10 @@ pub fn housekeeping(root: &Path, name: &str, current: Option<&str>, keep: usize)
                 .strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('-'))
         {
-            // The marker must name exactly this directory and bundle.
-            if let Some((tree_name, modified)) = read_marker(&path) {
-                if tree_name == file_name {
+            // The marker must name exactly this directory and bundle (the
+            // prefix alone would match bundle `<name>-extra` too).
+            if let Some((bundle, tree_name, modified)) = read_marker(&path) {
+                if bundle == name && tree_name == file_name {
                     old_trees.push((modified, path));
                 }
             }
