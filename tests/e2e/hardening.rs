@@ -346,6 +346,23 @@ fn tampered_state_files_are_refused_by_every_control_command() {
         assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
     }
 
+    // A relative state directory would be a different one in another
+    // working directory: refused by every command.
+    {
+        let sandbox = Sandbox::new();
+        let bundle = sandbox.sydney_bundle();
+        for args in [&["pid"][..], &["stop"], &["daemon"]] {
+            let ran = run(sandbox
+                .command(&bundle)
+                .env("SYDNEY_BUNDLE_STATE_DIR", "relative/state")
+                .args(args));
+            ran.expect_code(20)
+                .expect_stderr("not an absolute path")
+                .expect_one_line_error();
+        }
+        assert!(!sandbox.join("relative").exists());
+    }
+
     // The directory itself: a symlink to a private directory, or group-writable.
     for what in ["state dir a symlink", "state dir group-writable"] {
         let sandbox = Sandbox::new();

@@ -377,9 +377,8 @@ pub fn state_dir(
     bundle: &Bundle<'_>,
     prepared_decision: &crate::cache::Decision,
 ) -> Result<StateDir> {
-    crate::cache::state_dir(prepared_decision, &bundle.manifest().name)
-        .map(StateDir::new)
-        .ok_or_else(|| {
+    let dir =
+        crate::cache::state_dir(prepared_decision, &bundle.manifest().name).ok_or_else(|| {
             coded(
                 Exit::NoCacheDir,
                 format!(
@@ -388,7 +387,19 @@ pub fn state_dir(
                     prepared_decision.refusal_summary()
                 ),
             )
-        })
+        })?;
+    // Relative to the working directory, `stop` run from elsewhere would
+    // look in another place and say "not running".
+    if !dir.is_absolute() {
+        return Err(coded(
+            Exit::NoCacheDir,
+            format!(
+                "cannot use SYDNEY_BUNDLE_STATE_DIR={}: it is not an absolute path",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(StateDir::new(dir))
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.
