@@ -644,6 +644,37 @@ fn assert_consistent(lines: &[String], expected_lines: usize) {
     }
 }
 
+/// A temp pidfile left by a `daemon` that was killed mid-way (a pid that
+/// cannot exist: above the kernel's PID_MAX_LIMIT) is removed by the next
+/// `daemon`; one of a live process, and other names, are not.
+#[test]
+fn daemon_removes_only_temp_pidfiles_of_dead_daemons() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let state = sandbox.join("S");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    let victim = Victim::start();
+    let dead = state.join(".pid.4194305");
+    let live = state.join(format!(".pid.{}", victim.pid()));
+    let other = state.join(".pid.notes");
+    for path in [&dead, &live, &other] {
+        fs::write(path, "").unwrap();
+    }
+    let cmd = |args: &[&str]| {
+        let mut command = sandbox.command(&bundle);
+        command
+            .env("SYDNEY_BUNDLE_STATE_DIR", &state)
+            .env("PORT", "0")
+            .args(args);
+        command
+    };
+    run(&mut cmd(&["daemon", "--", "--bind", "127.0.0.1"])).expect_success();
+    run(&mut cmd(&["stop", "--timeout", "5"])).expect_success();
+    assert!(!dead.exists());
+    assert!(live.exists() && other.exists());
+}
+
 /// The reproduction: the tree fits, the pidfile does not.
 #[test]
 fn daemon_on_a_full_disk_never_leaves_an_untracked_server() {

@@ -18,9 +18,11 @@
 //! stale or reused pid is never signalled. `claim.lock` is held only while
 //! `daemon` registers an instance, so two of them cannot both register.
 //!
-//! `daemon` reserves the pidfile's space before it starts anything, so a
-//! full disk fails before a process exists; if recording still fails, it
-//! kills what it started. See docs/decisions/0051-lifecycle-state-trust.md.
+//! `daemon` records first: it reserves the pidfile's space before it forks,
+//! writes the record once the child's pid is known, and only then lets the
+//! child exec the entry. A failure (or a kill of `daemon` itself) at any
+//! step leaves no process that the pidfile does not name. See
+//! docs/decisions/0051-lifecycle-state-trust.md.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -198,8 +200,8 @@ impl StateDir {
     /// record's full size, so that space runs out here, before anything is
     /// started, rather than after. Removed again on failure.
     fn reserve_record(&self) -> Result<Reserved> {
+        self.remove_dead_temps();
         let path = self.dir.join(format!(".pid.{}", std::process::id()));
-        let _ = fs::remove_file(&path); // a leftover of a crashed daemon with our pid
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -213,6 +215,28 @@ impl StateDir {
             .write_all_at(&[b' '; RECORD_LEN], 0)
             .with_context(|| format!("cannot write {}", reserved.path.display()))?;
         Ok(reserved)
+    }
+
+    /// Removes `.pid.<pid>` temp files whose `daemon` process is gone (it
+    /// was killed between reserving and renaming); nothing else.
+    fn remove_dead_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".pid."))
+                .and_then(|pid| pid.parse::<i32>().ok())
+                .filter(|&pid| pid > 0);
+            let dead = pid.is_some_and(|pid| {
+                pid == std::process::id() as i32 || matches!(sys::kill(pid, 0), Ok(false))
+            });
+            if dead && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Fills the reserved pidfile in place (no new space needed) and renames
@@ -440,18 +464,28 @@ pub fn daemon(
     // Before anything runs: on a full disk this is what fails.
     let reserved = state.reserve_record()?;
     let (mut report_reader, report_writer) = io::pipe().context("cannot create a pipe")?;
+    // The entry execs only once its pid is recorded: the parent writes one
+    // byte here after the pidfile is in place. End of file (the parent
+    // failed, or was killed) means: exit without running anything.
+    let (mut go_reader, go_writer) = io::pipe().context("cannot create a pipe")?;
 
     // SAFETY: single-threaded here (see init.rs); the children only set up
     // descriptors and exec, or exit.
     match unsafe { sys::fork() }.context("cannot fork")? {
         Forked::Child => {
             drop(report_reader);
+            drop(go_writer);
+            std::mem::forget(reserved); // the parent removes or renames it
             let _ = sys::setsid();
             // SAFETY: as above.
             match unsafe { sys::fork() } {
                 Ok(Forked::Child) => {
                     let mut report = report_writer;
-                    std::mem::forget(reserved); // the parent removes or renames it
+                    let mut go = [0u8; 1];
+                    if !matches!(go_reader.read(&mut go), Ok(1)) {
+                        sys::exit_now(1);
+                    }
+                    drop(go_reader);
                     let setup = sys::dup_onto(&stdin, 0)
                         .and_then(|()| sys::dup_onto(&log, 1))
                         .and_then(|()| sys::dup_onto(&log, 2))
@@ -466,7 +500,6 @@ pub fn daemon(
                     sys::exit_now(i32::from(code));
                 }
                 Ok(Forked::Parent(pid)) => {
-                    std::mem::forget(reserved);
                     let mut report = report_writer;
                     let _ = report.write_all(&pid.to_le_bytes());
                     sys::exit_now(0);
@@ -476,41 +509,47 @@ pub fn daemon(
         }
         Forked::Parent(first) => {
             drop(report_writer);
+            drop(go_reader);
             sys::wait_pid(first);
-            // The pipe closes on the grandchild's exec (close-on-exec), so
-            // end of file means the entry is running.
-            let mut report = Vec::new();
-            report_reader
-                .read_to_end(&mut report)
-                .context("cannot read the daemon's start report")?;
-            let Some(pid) = report
-                .get(..4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-            else {
+            let mut pid = [0u8; 4];
+            if report_reader.read_exact(&mut pid).is_err() {
                 anyhow::bail!("the daemon failed to start (no report)");
-            };
-            if let Some((&code, message)) = report[4..].split_first() {
-                let exit = Exit::TABLE
-                    .iter()
-                    .map(|(e, _)| *e)
-                    .find(|e| e.code() == code)
-                    .unwrap_or(Exit::Failure);
-                return Err(coded(exit, String::from_utf8_lossy(message).into_owned()));
             }
+            let pid = i32::from_le_bytes(pid);
+            // The start time does not change at exec: it is the entry's.
             let record = PidRecord {
                 pid,
                 start_time: proc_stat(pid).map_or(0, |(_, t)| t),
             };
-            if let Err(err) = state.record(&reserved, record) {
-                // Never leave a server running that nothing tracks (the
-                // start time guards against a pid reused meanwhile).
-                if proc_stat(pid).is_none_or(|(_, t)| t == record.start_time) {
-                    let _ = sys::kill(pid, libc::SIGKILL);
+            // On failure `go_writer` closes and the child exits unrun.
+            state.record(&reserved, record).with_context(|| {
+                format!("{name} was not started: its pid could not be recorded")
+            })?;
+            let mut go_writer = go_writer;
+            let released = go_writer.write_all(&[1]);
+            drop(go_writer);
+            // The report pipe closes on the grandchild's exec (close-on-exec),
+            // so end of file without a message means the entry is running.
+            let mut report = Vec::new();
+            let read = report_reader.read_to_end(&mut report);
+            let failure = match (released, read, report.split_first()) {
+                (Ok(()), Ok(_), None) => None,
+                (_, _, Some((&code, message))) => {
+                    let exit = Exit::TABLE
+                        .iter()
+                        .map(|(e, _)| *e)
+                        .find(|e| e.code() == code)
+                        .unwrap_or(Exit::Failure);
+                    Some(coded(exit, String::from_utf8_lossy(message).into_owned()))
                 }
-                return Err(err.context(format!(
-                    "{name} was started (pid {pid}) but its pid could not be recorded, so it \
-                     was killed again"
-                )));
+                (Err(err), _, None) | (_, Err(err), None) => Some(
+                    anyhow::Error::new(err)
+                        .context(format!("{name} was stopped before it could start")),
+                ),
+            };
+            if let Some(err) = failure {
+                state.forget();
+                return Err(err);
             }
             drop(lock);
             Ok(pid)
