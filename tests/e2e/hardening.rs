@@ -845,6 +845,17 @@ fn too_little_space_is_reported_before_extracting() {
         .expect_stderr("the payload needs 2049 KB, 256 KB free")
         .expect_stdout("left: \n")
         .expect_one_line_error();
+    // `extract DIR` checks the same before writing anything.
+    let ran = run(&mut in_namespace(&format!(
+        "mount -t tmpfs -o size=256k,mode=0700 tmpfs {c} && \
+         {b} extract {c}/out; code=$?; echo \"left: $(ls -A {c})\"; exit $code",
+        c = c.display(),
+        b = bundle.display()
+    )));
+    ran.expect_code(21)
+        .expect_stderr("the payload needs 2049 KB, 256 KB free")
+        .expect_stdout("left: \n")
+        .expect_one_line_error();
 }
 
 // ---------------------------------------------------------------------------

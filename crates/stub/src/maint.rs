@@ -355,6 +355,8 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    tree::check_room(bundle, parent)
+        .with_context(|| format!("cannot extract into {}", dir.display()))?;
     fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
     let stats = match bundle.unpack_verified(&temp) {
         Ok(stats) => stats,

@@ -128,7 +128,7 @@ pub fn extract(bundle: &Bundle<'_>, root: &Path) -> Result<Extracted, FormatErro
 
 /// Refuses early, with a clear "needs N, M free", when the file system
 /// holding `root` has less room than the payload's files alone take.
-fn check_room(bundle: &Bundle<'_>, root: &Path) -> Result<(), FormatError> {
+pub fn check_room(bundle: &Bundle<'_>, root: &Path) -> Result<(), FormatError> {
     let needs = bundle.manifest().unpacked_bytes;
     let Ok(free) = sys::free_bytes(root) else {
         return Ok(());
