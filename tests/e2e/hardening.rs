@@ -644,6 +644,36 @@ fn assert_consistent(lines: &[String], expected_lines: usize) {
     }
 }
 
+/// `daemon` fell back past a full cache root (`~/.cache` on a tiny tmpfs)
+/// to `$TMPDIR`; `pid` and `stop` find its pidfile there rather than saying
+/// "not running" about the root the chain would pick first.
+#[test]
+fn control_commands_find_a_daemon_that_fell_back_to_another_root() {
+    let sandbox = Sandbox::new();
+    let bundle = sandbox.sydney_bundle();
+    let tmpdir = sandbox.join("tmp");
+    fs::create_dir(&tmpdir).unwrap();
+    let ran = run(&mut in_namespace(&format!(
+        "H={h}; B={b}; export HOME=$H TMPDIR={t} PORT=0
+         mkdir -p $H/.cache && mount -t tmpfs -o size=64k,mode=0700 tmpfs $H/.cache || exit 90
+         $B daemon -- --bind 127.0.0.1 >/dev/null 2>&1; echo daemon=$?
+         $B pid >/dev/null 2>&1; echo pid=$?
+         $B stop --timeout 5 >/dev/null 2>&1; echo stop=$?
+         echo servers=$(for d in /proc/[0-9]*; do readlink $d/exe; done 2>/dev/null | grep -c '/bin/sydney$')
+         umount -l $H/.cache",
+        h = sandbox.join("home").display(),
+        t = tmpdir.display(),
+        b = bundle.display()
+    )));
+    ran.expect_success();
+    assert_eq!(
+        ran.stdout(),
+        "daemon=0\npid=0\nstop=0\nservers=0\n",
+        "{ran}"
+    );
+    assert_eq!(Sandbox::list(&tmpdir), ["sydney-bundle-0"]);
+}
+
 /// A temp pidfile left by a `daemon` that was killed mid-way (a pid that
 /// cannot exist: above the kernel's PID_MAX_LIMIT) is removed by the next
 /// `daemon`; one of a live process, and other names, are not.

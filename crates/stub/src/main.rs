@@ -199,5 +199,22 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
 /// `start`, without creating or extracting anything.
 fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
     let decision = maint::preview(bundle)?;
+    let env = cache::Env::from_process();
+    let named = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if env.bundle_dir.is_none() && !named("SYDNEY_BUNDLE_STATE_DIR") {
+        // `daemon` may have passed over a full root that the preview, which
+        // writes nothing, still picks: look for its pidfile in every
+        // private root of the chain, in order.
+        let name = &bundle.manifest().name;
+        let baked = bundle.manifest().default_cache_dir.as_deref();
+        for candidate in cache::candidates(&env, baked) {
+            let private = std::fs::symlink_metadata(&candidate.root)
+                .is_ok_and(|meta| cache::check_private(&meta).is_ok());
+            let dir = candidate.root.join("state").join(name);
+            if private && std::fs::symlink_metadata(dir.join("pid")).is_ok() {
+                return Ok(lifecycle::StateDir::new(dir));
+            }
+        }
+    }
     lifecycle::state_dir(bundle, &decision)
 }
