@@ -5,6 +5,7 @@ mod anywhere;
 mod docker;
 mod doctor;
 mod errors;
+mod hardening;
 mod lifecycle;
 mod mix;
 mod repro;

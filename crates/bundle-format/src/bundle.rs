@@ -137,7 +137,19 @@ impl<'a> Bundle<'a> {
             release: self.release,
             hashing,
         };
-        codec::decoder(self.manifest.codec, input)
+        let decoder = codec::decoder(self.manifest.codec, input)?;
+        Ok(Box::new(AtMost {
+            inner: decoder,
+            left: self.manifest.tar_len,
+        }))
+    }
+
+    /// What the manifest declares the tree holds, enforced while unpacking.
+    fn limits(&self) -> unpack::Limits {
+        unpack::Limits {
+            bytes: self.manifest.unpacked_bytes,
+            entries: self.manifest.file_count,
+        }
     }
 
     /// Unpacks the payload into the empty directory `dest`, verifying the
@@ -147,7 +159,7 @@ impl<'a> Bundle<'a> {
         let payload = self.payload();
         if payload.len() < PARALLEL_THRESHOLD {
             self.verify_payload()?;
-            return unpack::unpack(self.tar_stream()?, dest);
+            return unpack::unpack_bounded(self.tar_stream()?, dest, self.limits());
         }
         // The decoder thread hashes each payload region once the decoder
         // has consumed it, so the payload is read once, front to back, and
@@ -161,7 +173,7 @@ impl<'a> Bundle<'a> {
                 // Boxed like the other path's stream, so that the stub
                 // carries one copy of the unpacker, not two.
                 let tar: Box<dyn Read + Send> = Box::new(ReadAhead::spawn(scope, tar));
-                unpack::unpack(tar, dest)
+                unpack::unpack_bounded(tar, dest, self.limits())
             })
         });
         // Whatever the decoder did not reach (it stopped early, on an error
@@ -199,6 +211,35 @@ fn finish_digest(
         Ok(())
     } else {
         Err(FormatError::DigestMismatch { section: "payload" })
+    }
+}
+
+/// A decoded tar stream that may not be longer than the manifest's
+/// `tar_len`: a payload that inflates further (a decompression bomb behind
+/// a valid digest) fails as soon as it passes that length.
+struct AtMost<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for AtMost<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte more than allowed is enough to tell.
+        let want = buf.len().min(
+            usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        );
+        let n = self.inner.read(&mut buf[..want])?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => Err(std::io::Error::other(
+                "the payload inflates to more than the tar length its manifest declares",
+            )),
+        }
     }
 }
 

@@ -177,6 +177,7 @@ pub fn io_kind(err: &io::Error) -> ErrorKind {
         Some(code) if code == EACCES || code == EPERM || code == EROFS => {
             ErrorKind::PermissionDenied
         }
+        _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::NoSpace,
         _ => ErrorKind::Other,
     }
 }

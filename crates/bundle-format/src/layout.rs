@@ -209,7 +209,15 @@ pub fn locate_with(file: &[u8], image_len: impl FnOnce(&[u8]) -> Option<u64>) ->
         Some(Err(FormatError::BadMagic)) | None => {
             return Err(diagnose_missing_trailer(file, image_len(file)));
         }
-        Some(Err(err)) => return Err(err),
+        // The last bytes end in the magic but do not decode: a file cut
+        // right after the lead-in's magic ends with that magic too, and
+        // "truncated" is the true cause then.
+        Some(Err(err)) => {
+            return Err(match diagnose_missing_trailer(file, image_len(file)) {
+                truncated @ FormatError::Truncated { .. } => truncated,
+                _ => err,
+            });
+        }
     };
 
     let trailer_start = file_len - TRAILER_LEN as u64;
@@ -239,6 +247,13 @@ pub fn locate_with(file: &[u8], image_len: impl FnOnce(&[u8]) -> Option<u64>) ->
         Some(Ok(_)) => {
             return Err(FormatError::CorruptTrailer(
                 "lead-in length disagrees with the trailer",
+            ));
+        }
+        // The trailer's version was read and is ours: a lead-in that
+        // says otherwise is damaged, not newer.
+        Some(Err(FormatError::UnsupportedVersion { .. })) => {
+            return Err(FormatError::CorruptTrailer(
+                "lead-in version disagrees with the trailer",
             ));
         }
         Some(Err(err)) => return Err(err),
@@ -397,10 +412,34 @@ mod tests {
                 Err(FormatError::Truncated { expected: None, .. })
             ));
         }
+        // Cut right after the lead-in's magic, with a stub long enough to
+        // be read as a trailer: the file then ends in the magic, and the
+        // "trailer" is stub bytes (issue 20: reported as a newer version).
+        let long = fake(400, b"payload-bytes-here", b"man", b"idx");
+        for cut in [400 + 8, 400 + 12] {
+            assert!(
+                matches!(
+                    locate_with(&long[..cut], |_| Some(400)),
+                    Err(FormatError::Truncated { .. })
+                ),
+                "cut at {cut}: {:?}",
+                locate_with(&long[..cut], |_| Some(400))
+            );
+        }
         // Without a known stub length the best we can say is "bad magic".
         assert!(matches!(
             locate_with(&file[..100], |_| None),
             Err(FormatError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn a_damaged_lead_in_version_is_corruption_not_a_newer_format() {
+        let mut file = fake(64, b"payload", b"man", b"idx");
+        file[64 + 8] ^= 1; // the lead-in's version: 1 becomes 0
+        assert!(matches!(
+            locate_with(&file, |_| Some(64)),
+            Err(FormatError::CorruptTrailer(_))
         ));
     }
 

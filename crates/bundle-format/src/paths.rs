@@ -4,6 +4,11 @@
 /// Longest relative path accepted (Linux `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;
 
+/// The marker file the stub writes at the top of every extracted tree. A
+/// payload may not hold an entry of that name: the marker write could follow
+/// it (a symlink onto the entry program) or fail on it (a directory).
+pub const MARKER_NAME: &str = ".sydney-bundle";
+
 /// Checks that `path` is a plain relative path inside the tree: not empty,
 /// not absolute, no `.` or `..` or empty components, no NUL.
 /// A single trailing `/` (as tar writes for directories) is allowed.
@@ -20,6 +25,9 @@ pub fn validate_relative(path: &str) -> Result<(), &'static str> {
     }
     if trimmed.contains('\0') {
         return Err("NUL byte in path");
+    }
+    if trimmed.split('/').next() == Some(MARKER_NAME) {
+        return Err("`.sydney-bundle` at the top of the tree is reserved for the bundle's marker");
     }
     for component in trimmed.split('/') {
         match component {
@@ -127,7 +135,17 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        for ok in ["a", "a/b", "bin/sydney", "dir/", "a/.hidden", "..a", "a.."] {
+        for ok in [
+            "a",
+            "a/b",
+            "bin/sydney",
+            "dir/",
+            "a/.hidden",
+            "..a",
+            "a..",
+            "a/.sydney-bundle",
+            ".sydney-bundle2",
+        ] {
             assert_eq!(validate_relative(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -141,6 +159,9 @@ mod tests {
             "a/./b",
             "a\0b",
             "..",
+            ".sydney-bundle",
+            ".sydney-bundle/",
+            ".sydney-bundle/x",
         ] {
             assert!(validate_relative(bad).is_err(), "{bad:?}");
         }

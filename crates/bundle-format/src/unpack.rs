@@ -19,6 +19,10 @@ use crate::paths::{
     MAX_PATH_LEN, ancestors, symlink_stays_inside, symlink_target_dirs, validate_relative,
 };
 
+/// Linux errno values (this pure crate has no libc binding).
+const ENOENT: i32 = 2;
+const ENOTDIR: i32 = 20;
+
 /// Size of the buffer used to copy file contents.
 const COPY_BUFFER: usize = 128 * 1024;
 
@@ -51,6 +55,31 @@ impl UnpackStats {
 /// writes none). Setuid, setgid and sticky bits are dropped. On error,
 /// `dest` holds a partial tree that the caller must remove.
 pub fn unpack(tar: impl Read, dest: &Path) -> Result<UnpackStats> {
+    unpack_bounded(tar, dest, Limits::NONE)
+}
+
+/// What the manifest declares, enforced while unpacking: extraction stops
+/// before a file would take the output past `bytes`, or the entry count
+/// past `entries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of file content (the manifest's `unpacked_bytes`).
+    pub bytes: u64,
+    /// Directories, files and symlinks (the manifest's `file_count`).
+    pub entries: u64,
+}
+
+impl Limits {
+    /// No limits.
+    pub const NONE: Limits = Limits {
+        bytes: u64::MAX,
+        entries: u64::MAX,
+    };
+}
+
+/// [`unpack`], refusing (with [`FormatError::CorruptPayload`]) a stream
+/// that holds more than `limits` allow.
+pub fn unpack_bounded(tar: impl Read, dest: &Path, limits: Limits) -> Result<UnpackStats> {
     let mut archive = tar::Archive::new(tar);
     let entries = archive.entries().map_err(corrupt)?.raw(true);
     let mut state = State {
@@ -86,7 +115,26 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<UnpackStats> {
             },
         };
         let mode = entry.header().mode().map_err(corrupt)?;
-        state.create(&path, kind, mode, link, &mut entry)?;
+        // An unsafe path is the more telling error: checked before sizes.
+        validate_relative(&path).map_err(|reason| unsafe_entry(&path, reason))?;
+        if state.stats.entries() >= limits.entries {
+            return Err(FormatError::CorruptPayload(format!(
+                "the payload holds more than the {} entries its manifest declares",
+                limits.entries
+            )));
+        }
+        let size = match kind {
+            EntryType::Regular | EntryType::Continuous => entry.size(),
+            _ => 0,
+        };
+        if size > limits.bytes - state.stats.bytes {
+            return Err(FormatError::CorruptPayload(format!(
+                "the payload holds more than the {} bytes of files its manifest declares",
+                limits.bytes
+            )));
+        }
+        let mut data = (&mut entry).take(size);
+        state.create(&path, kind, mode, link, &mut data)?;
     }
     state.check_symlinks()?;
     Ok(state.stats)
@@ -110,7 +158,6 @@ impl State<'_> {
         link: Option<String>,
         data: &mut impl Read,
     ) -> Result<()> {
-        validate_relative(path).map_err(|reason| unsafe_entry(path, reason))?;
         if let Some(through) = ancestors(path).find(|dir| self.symlink_set.contains(*dir)) {
             let _ = through;
             return Err(unsafe_entry(path, "path goes through a symlink"));
@@ -221,6 +268,14 @@ fn unsafe_entry(path: &str, reason: &'static str) -> FormatError {
 fn create_error(path: &str, target: &Path, err: io::Error) -> FormatError {
     if err.kind() == io::ErrorKind::AlreadyExists {
         return unsafe_entry(path, "duplicate entry");
+    }
+    // The packer writes every directory before what it holds.
+    match err.raw_os_error() {
+        Some(ENOENT) => {
+            return unsafe_entry(path, "its parent directory is not in the payload before it");
+        }
+        Some(ENOTDIR) => return unsafe_entry(path, "its parent is not a directory"),
+        _ => {}
     }
     FormatError::io("cannot create", target, err)
 }

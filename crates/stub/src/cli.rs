@@ -93,10 +93,11 @@ pub struct Daemon {
     subcommand,
     name = "stop",
     example = "{command_name}\n{command_name} --timeout 30",
-    note = "Exits 3 if nothing is running. A stale pidfile is detected and never signalled."
+    note = "Exits 3 if nothing is running. A stale pidfile is detected and never signalled. \
+            With --timeout 0 SIGKILL follows SIGTERM at once: no grace period."
 )]
 pub struct Stop {
-    /// seconds to wait after SIGTERM before SIGKILL (default 15)
+    /// seconds to wait after SIGTERM before SIGKILL (default 15; 0: none)
     #[argh(option, default = "15")]
     pub timeout: u64,
 }
@@ -184,7 +185,9 @@ pub struct Inspect {
     subcommand,
     name = "verify",
     example = "{command_name}\n{command_name} --deep",
-    note = "Exit code 14 if the payload is corrupt, 6 if the extracted tree differs."
+    note = "Exit code 14 if the payload is corrupt; with --deep, every difference is listed and \
+            the code says the most serious: 8 a setuid, setgid or sticky bit, 6 changed or \
+            missing entries, 7 extra entries, 9 the tree's marker missing or wrong."
 )]
 pub struct Verify {
     /// also compare the extracted tree with the file index

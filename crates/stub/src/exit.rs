@@ -27,6 +27,12 @@ pub enum Exit {
     Unhealthy = 5,
     /// `verify --deep`: the extracted tree differs from the manifest.
     TreeMismatch = 6,
+    /// `verify --deep`: the extracted tree holds entries the payload has not.
+    TreeExtra = 7,
+    /// `verify --deep`: an entry of the tree has a setuid, setgid or sticky bit.
+    TreePrivileged = 8,
+    /// `verify --deep`: the tree's marker file is missing or wrong.
+    TreeUnmarked = 9,
     /// The file has no payload: a bare stub, or `strip` removed it.
     NoPayload = 10,
     /// The file is shorter than the bundle it should hold.
@@ -67,6 +73,15 @@ impl Exit {
         (Exit::AlreadyRunning, "daemon: already running"),
         (Exit::Unhealthy, "healthcheck: no 2xx answer"),
         (Exit::TreeMismatch, "verify --deep: extracted tree differs"),
+        (Exit::TreeExtra, "verify --deep: extra entries in the tree"),
+        (
+            Exit::TreePrivileged,
+            "verify --deep: setuid, setgid or sticky bit in the tree",
+        ),
+        (
+            Exit::TreeUnmarked,
+            "verify --deep: tree marker missing or wrong",
+        ),
         (Exit::NoPayload, "no payload (bare stub, or stripped)"),
         (Exit::Truncated, "truncated bundle"),
         (Exit::BadMagic, "bad magic: no trailer, or data appended"),
@@ -76,7 +91,7 @@ impl Exit {
         (Exit::NoCacheDir, "no usable cache directory"),
         (Exit::DiskFull, "disk full"),
         (Exit::PermissionDenied, "permission denied"),
-        (Exit::UnsafeCacheDir, "SYDNEY_BUNDLE_DIR is unsafe"),
+        (Exit::UnsafeCacheDir, "cache or state directory is unsafe"),
         (Exit::CannotRun, "entry cannot run on this host"),
         (Exit::NotExecutable, "entry could not be executed"),
         (Exit::NotFound, "entry or its interpreter not found"),

@@ -74,9 +74,18 @@ pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
         };
         announce(&decision);
         let tree_path = root.candidate.root.join(&tree_name);
-        let tree = match tree::open_existing(&tree_path)
-            .with_context(|| format!("cannot open {}", tree_path.display()))?
-        {
+        let existing = tree::open_existing(&tree_path).map_err(|err| match err.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => coded(
+                Exit::NoCacheDir,
+                format!(
+                    "{} is in the way: this bundle's tree belongs there, but it is a file \
+                         or a symlink, not a directory; remove it",
+                    tree_path.display()
+                ),
+            ),
+            _ => anyhow::Error::new(err).context(format!("cannot open {}", tree_path.display())),
+        })?;
+        let tree = match existing {
             Some(tree) => tree,
             None => match extract_into(bundle, &root.candidate.root) {
                 Ok(tree) => tree,
@@ -117,12 +126,19 @@ fn extract_into(bundle: &Bundle<'_>, root: &Path) -> Result<Tree, FormatError> {
     let extracted = tree::extract(bundle, root)?;
     if extracted.ours {
         let current = bundle.tree_dir_name();
-        tree::housekeeping(
+        let report = tree::housekeeping(
             root,
             &bundle.manifest().name,
             Some(&current),
             tree::KEEP_OLDER,
         );
+        if report.foreign {
+            note(&format!(
+                "{} also holds files the bundle did not create, so old versions are never \
+                 removed from it; give the cache a directory of its own",
+                root.display()
+            ));
+        }
     }
     Ok(extracted.tree)
 }
@@ -418,9 +434,9 @@ fn explain_exec_error(bundle: &Bundle<'_>, prepared: &Prepared, err: io::Error) 
             )
         }
         (Some(libc::ENOENT), _) => coded(Exit::NotFound, format!("cannot run {entry}: not found")),
-        (Some(libc::EACCES), Plan::Path(_)) => coded(
+        (Some(libc::EACCES), Plan::Path(path)) => coded(
             Exit::NotExecutable,
-            format!("cannot run {entry}: permission denied (is its file system mounted noexec?)"),
+            format!("cannot run {entry}: {}", why_denied(path)),
         ),
         (Some(libc::EPERM | libc::EACCES), Plan::Memory(_)) => coded(
             Exit::CannotRun,
@@ -435,6 +451,23 @@ fn explain_exec_error(bundle: &Bundle<'_>, prepared: &Prepared, err: io::Error) 
             format!("cannot run {entry}: not an executable format for this host"),
         ),
         _ => coded(Exit::NotExecutable, format!("cannot run {entry}: {err}")),
+    }
+}
+
+/// Why exec of `path` was refused with EACCES: no exec bit, or a noexec mount.
+fn why_denied(path: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => format!(
+            "it is not executable (mode {:o}); the payload's entry needs an exec bit, pack it \
+             again after chmod +x",
+            meta.permissions().mode() & 0o7777
+        ),
+        Ok(meta) if !meta.is_file() => "it is not a regular file".to_owned(),
+        _ if sys::mount_flags(path).is_ok_and(|f| f.no_exec) => {
+            "its file system is mounted noexec".to_owned()
+        }
+        _ => "permission denied".to_owned(),
     }
 }
 

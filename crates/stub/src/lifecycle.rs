@@ -4,19 +4,31 @@
 //! The state directory holds `pid` (pid and kernel start time of the
 //! running instance), `lock`, `claim.lock` and `log`.
 //!
-//! The pidfile is the authority, checked against the process table: a pid
-//! that is gone, a zombie, or (where /proc exists) a process with another
-//! start time is stale, and is never signalled. Without /proc start times
-//! cannot be read, so the instance also holds an flock on `lock` through a
-//! descriptor that survives exec; there, a pid counts as ours only while
-//! that lock is held. `claim.lock` is held only while `daemon` registers an
-//! instance, so two of them cannot both register (a foreground `start` is
-//! not recorded).
+//! Everything read from the state directory is checked first, by every
+//! command: the directory must be ours and private (as a cache root), and
+//! the pidfile and lock regular files of ours that nobody else can write,
+//! opened without following symlinks. Anything else is refused (exit 23):
+//! whoever can write there could otherwise make us signal any process.
+//!
+//! The pidfile names the instance; the process table and the instance lock
+//! confirm it. The instance holds an flock on `lock` through a descriptor
+//! that survives exec. A recorded pid counts as ours only while it lives,
+//! is not a zombie, has the recorded start time (where /proc exists), and
+//! the lock is held, by that process where /proc shows its descriptors. A
+//! stale or reused pid is never signalled. `claim.lock` is held only while
+//! `daemon` registers an instance, so two of them cannot both register (a
+//! foreground `start` is not recorded).
+//!
+//! `daemon` records first: it reserves the pidfile's space before it forks,
+//! writes the record once the child's pid is known, and only then lets the
+//! child exec the entry. A failure (or a kill of `daemon` itself) at any
+//! step leaves no process that the pidfile does not name. See
+//! docs/decisions/0051-lifecycle-state-trust.md.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -81,7 +93,24 @@ impl StateDir {
             .mode(0o700)
             .create(&self.dir)
             .with_context(|| format!("cannot create the state directory {}", self.dir.display()))?;
-        let meta = fs::symlink_metadata(&self.dir)?;
+        self.check()?;
+        Ok(())
+    }
+
+    /// For `stop`, `pid` and `restart`: `false` if the directory does not
+    /// exist (nothing was ever started), an error (exit 23) if others could
+    /// have tampered with it.
+    pub fn check(&self) -> Result<bool> {
+        let meta = match fs::symlink_metadata(&self.dir) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "cannot use the state directory {}",
+                    self.dir.display()
+                )));
+            }
+        };
         crate::cache::check_private(&meta).map_err(|reason| {
             coded(
                 Exit::UnsafeCacheDir,
@@ -90,17 +119,59 @@ impl StateDir {
                     self.dir.display()
                 ),
             )
-        })
+        })?;
+        Ok(true)
     }
 
-    fn open_lock(path: &PathBuf) -> Result<File> {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))
+    /// Opens a file of the state directory without following a symlink,
+    /// and refuses it unless it is a regular file of ours that nobody else
+    /// can write (exit 23).
+    fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<Option<File>> {
+        let file = match options.custom_flags(libc::O_NOFOLLOW).open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(unsafe_state(path, "it is a symlink".to_owned()));
+            }
+            Err(err) => {
+                return Err(
+                    anyhow::Error::new(err).context(format!("cannot open {}", path.display()))
+                );
+            }
+        };
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let uid = sys::geteuid();
+        let mode = meta.mode() & 0o7777;
+        let problem = if !meta.is_file() {
+            Some("it is not a regular file".to_owned())
+        } else if meta.uid() != uid {
+            Some(format!(
+                "it is owned by uid {}, not by this user (uid {uid})",
+                meta.uid()
+            ))
+        } else if mode & 0o022 != 0 {
+            Some(format!("it is writable by group or others (mode {mode:o})"))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(unsafe_state(path, problem)),
+            None => Ok(Some(file)),
+        }
+    }
+
+    fn open_lock(path: &Path) -> Result<File> {
+        Self::open_checked(
+            path,
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600),
+        )?
+        .with_context(|| format!("cannot open {}", path.display()))
     }
 
     /// Serialises registration: held (never inherited) while one `daemon`
@@ -126,50 +197,110 @@ impl StateDir {
         Ok(lock)
     }
 
-    /// Writes the pidfile atomically (temp file, then rename).
-    pub fn record(&self, record: PidRecord) -> Result<()> {
-        let temp = self.dir.join(format!(".pid.{}", std::process::id()));
-        let text = format!("{} {}\n", record.pid, record.start_time);
-        fs::write(&temp, text)
-            .and_then(|()| fs::rename(&temp, self.pid_path()))
-            .with_context(|| format!("cannot write {}", self.pid_path().display()))
+    /// Creates the pidfile's temp file and writes a placeholder of the
+    /// record's full size, so that space runs out here, before anything is
+    /// started, rather than after. Removed again on failure.
+    fn reserve_record(&self) -> Result<Reserved> {
+        self.remove_dead_temps();
+        let path = self.dir.join(format!(".pid.{}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let reserved = Reserved { path, file };
+        reserved
+            .file
+            .write_all_at(&[b' '; RECORD_LEN], 0)
+            .with_context(|| format!("cannot write {}", reserved.path.display()))?;
+        Ok(reserved)
     }
 
-    fn read_record(&self) -> Option<Result<PidRecord, String>> {
-        let text = fs::read_to_string(self.pid_path()).ok()?;
-        let mut fields = text.split_whitespace();
-        let pid = fields.next().and_then(|p| p.parse::<i32>().ok());
-        let start_time = fields.next().and_then(|t| t.parse::<u64>().ok());
-        Some(match (pid, start_time) {
-            (Some(pid), Some(start_time)) if pid > 0 => Ok(PidRecord { pid, start_time }),
-            _ => Err(format!(
-                "the pidfile {} is garbage ({:?})",
-                self.pid_path().display(),
-                text.trim()
-            )),
-        })
-    }
-
-    /// Whether nobody holds the instance lock.
-    fn lock_is_free(&self) -> bool {
-        match File::open(self.lock_path()) {
-            Ok(lock) => sys::flock(&lock, Lock::SharedNow).unwrap_or(false),
-            Err(_) => true,
+    /// Removes `.pid.<pid>` temp files whose `daemon` process is gone (it
+    /// was killed between reserving and renaming); nothing else.
+    fn remove_dead_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".pid."))
+                .and_then(|pid| pid.parse::<i32>().ok())
+                .filter(|&pid| pid > 0);
+            let dead = pid.is_some_and(|pid| {
+                pid == std::process::id() as i32 || matches!(sys::kill(pid, 0), Ok(false))
+            });
+            if dead && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(entry.path());
+            }
         }
     }
 
+    /// Fills the reserved pidfile in place (no new space needed) and renames
+    /// it over the pidfile.
+    fn record(&self, reserved: &Reserved, record: PidRecord) -> Result<()> {
+        let mut text = format!("{} {}", record.pid, record.start_time).into_bytes();
+        text.resize(RECORD_LEN - 1, b' ');
+        text.push(b'\n');
+        reserved
+            .file
+            .write_all_at(&text, 0)
+            .and_then(|()| fs::rename(&reserved.path, self.pid_path()))
+            .with_context(|| format!("cannot write {}", self.pid_path().display()))
+    }
+
+    fn read_record(&self) -> Result<Option<Result<PidRecord, String>>> {
+        let path = self.pid_path();
+        let Some(file) = Self::open_checked(&path, OpenOptions::new().read(true))? else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        // A real record is under 64 bytes; never read more than a page.
+        if file.take(4096).read_to_string(&mut text).is_err() {
+            text = "(not text)".to_owned();
+        }
+        let mut fields = text.split_whitespace();
+        let pid = fields.next().and_then(|p| p.parse::<i32>().ok());
+        let start_time = fields.next().and_then(|t| t.parse::<u64>().ok());
+        Ok(Some(match (pid, start_time) {
+            (Some(pid), Some(start_time)) if pid > 0 => Ok(PidRecord { pid, start_time }),
+            _ => Err(format!(
+                "the pidfile {} is garbage ({:?})",
+                path.display(),
+                text.trim()
+            )),
+        }))
+    }
+
+    /// The instance lock's identity `(dev, ino)` if somebody holds it.
+    fn held_lock(&self) -> Result<Option<(u64, u64)>> {
+        let path = self.lock_path();
+        let Some(lock) = Self::open_checked(&path, OpenOptions::new().read(true))? else {
+            return Ok(None);
+        };
+        if sys::flock(&lock, Lock::SharedNow).unwrap_or(false) {
+            return Ok(None);
+        }
+        let meta = lock.metadata()?;
+        Ok(Some((meta.dev(), meta.ino())))
+    }
+
     /// Is an instance running?
-    pub fn status(&self) -> Status {
-        let record = match self.read_record() {
-            None => return Status::NotRunning { stale: None },
+    pub fn status(&self) -> Result<Status> {
+        let record = match self.read_record()? {
+            None => return Ok(Status::NotRunning { stale: None }),
             Some(Err(garbage)) => {
-                return Status::NotRunning {
+                return Ok(Status::NotRunning {
                     stale: Some(format!("removed a stale pidfile: {garbage}")),
-                };
+                });
             }
             Some(Ok(record)) => record,
         };
-        if self.is_ours(record) {
+        Ok(if self.is_ours(record)? {
             Status::Running(record)
         } else {
             Status::NotRunning {
@@ -178,29 +309,73 @@ impl StateDir {
                     record.pid
                 )),
             }
-        }
+        })
     }
 
-    /// Is `record` a live process, and the one that was recorded?
-    fn is_ours(&self, record: PidRecord) -> bool {
+    /// Is `record` a live process, and the instance that was recorded? It
+    /// must have the recorded start time, and the instance lock must be
+    /// held, by that very process where /proc shows its descriptors.
+    fn is_ours(&self, record: PidRecord) -> Result<bool> {
         // EPERM: it exists but belongs to another user: not ours.
         if !sys::kill(record.pid, 0).unwrap_or(false) {
-            return false;
+            return Ok(false);
         }
-        match proc_stat(record.pid) {
-            Some((state, start_time)) if record.start_time != 0 => {
-                state != 'Z' && start_time == record.start_time
-            }
+        let live = match proc_stat(record.pid) {
             Some(('Z', _)) => false,
-            // No start time to compare: the instance lock decides.
-            _ => !self.lock_is_free(),
+            Some((_, start_time)) => record.start_time == 0 || start_time == record.start_time,
+            None => true,
+        };
+        if !live {
+            return Ok(false);
         }
+        let Some(lock) = self.held_lock()? else {
+            return Ok(false);
+        };
+        Ok(holds_open(record.pid, lock).unwrap_or(true))
     }
 
     /// Removes the pidfile.
     pub fn forget(&self) {
         let _ = fs::remove_file(self.pid_path());
     }
+}
+
+/// Length of the pidfile: `pid start-time`, padded with spaces, newline.
+const RECORD_LEN: usize = 48;
+
+/// The pidfile's temp file, space reserved; removed on drop unless renamed.
+struct Reserved {
+    path: PathBuf,
+    file: File,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        // After the rename the name is gone and this fails harmlessly.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn unsafe_state(path: &Path, problem: String) -> anyhow::Error {
+    coded(
+        Exit::UnsafeCacheDir,
+        format!(
+            "refusing to trust {}: {problem}; only this user may write the state directory \
+             (remove the file, or set SYDNEY_BUNDLE_STATE_DIR to a private directory)",
+            path.display()
+        ),
+    )
+}
+
+/// Whether process `pid` has the file `(dev, ino)` open: `None` where its
+/// descriptors cannot be read (no /proc).
+fn holds_open(pid: i32, (dev, ino): (u64, u64)) -> Option<bool> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.flatten().any(|fd| {
+            fs::metadata(fd.path()).is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino)
+        }),
+    )
 }
 
 /// `(state, start time)` from `/proc/PID/stat`, if /proc is mounted.
@@ -227,9 +402,8 @@ pub fn state_dir(
     bundle: &Bundle<'_>,
     prepared_decision: &crate::cache::Decision,
 ) -> Result<StateDir> {
-    crate::cache::state_dir(prepared_decision, &bundle.manifest().name)
-        .map(StateDir::new)
-        .ok_or_else(|| {
+    let dir =
+        crate::cache::state_dir(prepared_decision, &bundle.manifest().name).ok_or_else(|| {
             coded(
                 Exit::NoCacheDir,
                 format!(
@@ -238,7 +412,19 @@ pub fn state_dir(
                     prepared_decision.refusal_summary()
                 ),
             )
-        })
+        })?;
+    // Relative to the working directory, `stop` run from elsewhere would
+    // look in another place and say "not running".
+    if !dir.is_absolute() {
+        return Err(coded(
+            Exit::NoCacheDir,
+            format!(
+                "cannot use SYDNEY_BUNDLE_STATE_DIR={}: it is not an absolute path",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(StateDir::new(dir))
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.
@@ -252,7 +438,7 @@ pub fn daemon(
     let state = state_dir(bundle, &prepared.decision)?;
     state.ensure()?;
     let _registering = state.registration()?;
-    match state.status() {
+    match state.status()? {
         Status::Running(record) => {
             return Err(coded(
                 Exit::AlreadyRunning,
@@ -270,25 +456,37 @@ pub fn daemon(
     }
     let lock = state.instance_lock()?;
     let log_path = state.log_path();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let log = StateDir::open_checked(
+        &log_path,
+        OpenOptions::new().create(true).append(true).mode(0o600),
+    )?
+    .with_context(|| format!("cannot open the log {}", log_path.display()))?;
     let stdin = null_input()?;
+    // Before anything runs: on a full disk this is what fails.
+    let reserved = state.reserve_record()?;
     let (mut report_reader, report_writer) = io::pipe().context("cannot create a pipe")?;
+    // The entry execs only once its pid is recorded: the parent writes one
+    // byte here after the pidfile is in place. End of file (the parent
+    // failed, or was killed) means: exit without running anything.
+    let (mut go_reader, go_writer) = io::pipe().context("cannot create a pipe")?;
 
     // SAFETY: single-threaded here (see init.rs); the children only set up
     // descriptors and exec, or exit.
     match unsafe { sys::fork() }.context("cannot fork")? {
         Forked::Child => {
             drop(report_reader);
+            drop(go_writer);
+            std::mem::forget(reserved); // the parent removes or renames it
             let _ = sys::setsid();
             // SAFETY: as above.
             match unsafe { sys::fork() } {
                 Ok(Forked::Child) => {
                     let mut report = report_writer;
+                    let mut go = [0u8; 1];
+                    if !matches!(go_reader.read(&mut go), Ok(1)) {
+                        sys::exit_now(1);
+                    }
+                    drop(go_reader);
                     let setup = sys::dup_onto(&stdin, 0)
                         .and_then(|()| sys::dup_onto(&log, 1))
                         .and_then(|()| sys::dup_onto(&log, 2))
@@ -312,31 +510,48 @@ pub fn daemon(
         }
         Forked::Parent(first) => {
             drop(report_writer);
+            drop(go_reader);
             sys::wait_pid(first);
-            // The pipe closes on the grandchild's exec (close-on-exec), so
-            // end of file means the entry is running.
-            let mut report = Vec::new();
-            report_reader
-                .read_to_end(&mut report)
-                .context("cannot read the daemon's start report")?;
-            let Some(pid) = report
-                .get(..4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-            else {
+            let mut pid = [0u8; 4];
+            if report_reader.read_exact(&mut pid).is_err() {
                 anyhow::bail!("the daemon failed to start (no report)");
-            };
-            if let Some((&code, message)) = report[4..].split_first() {
-                let exit = Exit::TABLE
-                    .iter()
-                    .map(|(e, _)| *e)
-                    .find(|e| e.code() == code)
-                    .unwrap_or(Exit::Failure);
-                return Err(coded(exit, String::from_utf8_lossy(message).into_owned()));
             }
-            state.record(PidRecord {
+            let pid = i32::from_le_bytes(pid);
+            // The start time does not change at exec: it is the entry's.
+            let record = PidRecord {
                 pid,
                 start_time: proc_stat(pid).map_or(0, |(_, t)| t),
+            };
+            // On failure `go_writer` closes and the child exits unrun.
+            state.record(&reserved, record).with_context(|| {
+                format!("{name} was not started: its pid could not be recorded")
             })?;
+            let mut go_writer = go_writer;
+            let released = go_writer.write_all(&[1]);
+            drop(go_writer);
+            // The report pipe closes on the grandchild's exec (close-on-exec),
+            // so end of file without a message means the entry is running.
+            let mut report = Vec::new();
+            let read = report_reader.read_to_end(&mut report);
+            let failure = match (released, read, report.split_first()) {
+                (Ok(()), Ok(_), None) => None,
+                (_, _, Some((&code, message))) => {
+                    let exit = Exit::TABLE
+                        .iter()
+                        .map(|(e, _)| *e)
+                        .find(|e| e.code() == code)
+                        .unwrap_or(Exit::Failure);
+                    Some(coded(exit, String::from_utf8_lossy(message).into_owned()))
+                }
+                (Err(err), _, None) | (_, Err(err), None) => Some(
+                    anyhow::Error::new(err)
+                        .context(format!("{name} was stopped before it could start")),
+                ),
+            };
+            if let Some(err) = failure {
+                state.forget();
+                return Err(err);
+            }
             drop(lock);
             Ok(pid)
         }
@@ -356,7 +571,10 @@ fn null_input() -> Result<File> {
 
 /// `stop`: SIGTERM, wait up to `timeout`, then SIGKILL. Returns the pid stopped.
 pub fn stop(name: &str, state: &StateDir, timeout: Duration) -> Result<i32> {
-    let record = match state.status() {
+    if !state.check()? {
+        return Err(coded(Exit::NotRunning, format!("{name} is not running")));
+    }
+    let record = match state.status()? {
         Status::Running(record) => record,
         Status::NotRunning { stale } => {
             if let Some(stale) = stale {
@@ -386,7 +604,7 @@ pub fn stop(name: &str, state: &StateDir, timeout: Duration) -> Result<i32> {
 fn wait_gone(state: &StateDir, record: PidRecord, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if !state.is_ours(record) {
+        if !state.is_ours(record).unwrap_or(false) {
             return true;
         }
         if Instant::now() >= deadline {

@@ -123,16 +123,27 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Restart(args) => {
             let state = state_for_control(&bundle)?;
-            match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
-                Ok(pid) => println!("stopped {name} (pid {pid})"),
-                Err(err) if exit_for(&err) == Exit::NotRunning => {}
+            let stopped = match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
+                Ok(pid) => {
+                    println!("stopped {name} (pid {pid})");
+                    Some(pid)
+                }
+                Err(err) if exit_for(&err) == Exit::NotRunning => None,
                 Err(err) => return Err(err),
-            }
-            daemon(&bundle, &args.args)?;
+            };
+            daemon(&bundle, &args.args).map_err(|err| match stopped {
+                Some(pid) => err.context(format!(
+                    "stopped {name} (pid {pid}) but could not start it again; nothing runs now"
+                )),
+                None => err,
+            })?;
         }
         Command::Pid(_) => {
             let state = state_for_control(&bundle)?;
-            match state.status() {
+            if !state.check()? {
+                return Err(coded(Exit::NotRunning, format!("{name} is not running")));
+            }
+            match state.status()? {
                 lifecycle::Status::Running(record) => println!("{}", record.pid),
                 lifecycle::Status::NotRunning { .. } => {
                     return Err(coded(Exit::NotRunning, format!("{name} is not running")));
@@ -188,5 +199,22 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
 /// `start`, without creating or extracting anything.
 fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
     let decision = maint::preview(bundle)?;
+    let env = cache::Env::from_process();
+    let named = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if env.bundle_dir.is_none() && !named("SYDNEY_BUNDLE_STATE_DIR") {
+        // `daemon` may have passed over a full root that the preview, which
+        // writes nothing, still picks: look for its pidfile in every
+        // private root of the chain, in order.
+        let name = &bundle.manifest().name;
+        let baked = bundle.manifest().default_cache_dir.as_deref();
+        for candidate in cache::candidates(&env, baked) {
+            let private = std::fs::symlink_metadata(&candidate.root)
+                .is_ok_and(|meta| cache::check_private(&meta).is_ok());
+            let dir = candidate.root.join("state").join(name);
+            if private && std::fs::symlink_metadata(dir.join("pid")).is_ok() {
+                return Ok(lifecycle::StateDir::new(dir));
+            }
+        }
+    }
     lifecycle::state_dir(bundle, &decision)
 }

@@ -191,16 +191,30 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
                 "no extracted tree here to compare (it is created by `start`, `daemon` or `exec`)",
             )
         })?;
-    let problems = compare_tree(&tree, &index.entries)?;
+    let mut problems = compare_tree(&tree, &index.entries)?;
+    if !marker_matches(&tree, bundle) {
+        problems.push(format!(
+            "marker: {} is missing or does not name this bundle",
+            tree::MARKER
+        ));
+    }
     let _ = writeln!(out, "tree: {}", tree.display());
-    let mut failed = false;
     for problem in &problems {
-        failed |= !problem.starts_with("extra:");
         let _ = writeln!(out, "{problem}");
     }
-    if failed {
+    // The most serious kind found decides the exit code.
+    let worst = [
+        ("privileged:", Exit::TreePrivileged),
+        ("missing:", Exit::TreeMismatch),
+        ("changed:", Exit::TreeMismatch),
+        ("extra:", Exit::TreeExtra),
+        ("marker:", Exit::TreeUnmarked),
+    ]
+    .into_iter()
+    .find(|(kind, _)| problems.iter().any(|p| p.starts_with(kind)));
+    if let Some((_, exit)) = worst {
         return Err(coded(
-            Exit::TreeMismatch,
+            exit,
             format!(
                 "{}the extracted tree differs from the bundle; run `clean --all` and start again",
                 out
@@ -209,6 +223,27 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
     }
     out.push_str("tree ok: every file matches\n");
     Ok(out)
+}
+
+/// Whether the tree's marker is a file naming this bundle and digest.
+fn marker_matches(tree: &Path, bundle: &Bundle<'_>) -> bool {
+    let path = tree.join(tree::MARKER);
+    if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut text = String::new();
+    let read = File::open(&path).and_then(|file| file.take(4096).read_to_string(&mut text));
+    if read.is_err() {
+        return false;
+    }
+    let m = bundle.manifest();
+    let expected = format!(
+        "name={}\nversion={}\npayload_sha256={}\n",
+        m.name,
+        m.version,
+        hex(bundle.payload_sha256())
+    );
+    text == expected
 }
 
 /// Lists `missing:`, `changed:` and `extra:` lines for `tree`.
@@ -248,6 +283,14 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
         if let Some(why) = changed {
             problems.push(format!("changed: {} ({why})", entry.path));
         }
+        let special = meta.permissions().mode() & 0o7000;
+        if special != 0 && !meta.file_type().is_symlink() {
+            problems.push(format!(
+                "privileged: {} (mode {:o}: setuid, setgid or sticky bit)",
+                entry.path,
+                meta.permissions().mode() & 0o7777
+            ));
+        }
     }
     let mut stack = vec![tree.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -257,10 +300,16 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
                 continue;
             }
             if !known.contains(&path) {
-                problems.push(format!(
-                    "extra: {}",
-                    path.strip_prefix(tree).unwrap_or(&path).display()
-                ));
+                let rel = path.strip_prefix(tree).unwrap_or(&path).display();
+                problems.push(format!("extra: {rel}"));
+                if let Ok(meta) = fs::symlink_metadata(&path) {
+                    if meta.permissions().mode() & 0o7000 != 0 && !meta.file_type().is_symlink() {
+                        problems.push(format!(
+                            "privileged: {rel} (mode {:o}: setuid, setgid or sticky bit)",
+                            meta.permissions().mode() & 0o7777
+                        ));
+                    }
+                }
             } else if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 stack.push(path);
             }
@@ -271,7 +320,10 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
 
 /// `extract DIR`: unpacks into a new directory, atomically.
 pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
-    let empty_existing = match fs::read_dir(dir) {
+    // An existing empty directory is replaced by the final rename itself
+    // (rename(2) onto an empty directory): never removed beforehand, so a
+    // failed extraction leaves it as it was.
+    match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(coded(
@@ -282,13 +334,12 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
                     ),
                 ));
             }
-            true
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => {
             return Err(anyhow::Error::new(err).context(format!("cannot use {}", dir.display())));
         }
-    };
+    }
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -304,6 +355,8 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    tree::check_room(bundle, parent)
+        .with_context(|| format!("cannot extract into {}", dir.display()))?;
     fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
     let stats = match bundle.unpack_verified(&temp) {
         Ok(stats) => stats,
@@ -314,9 +367,6 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
             );
         }
     };
-    if empty_existing {
-        let _ = fs::remove_dir(dir);
-    }
     if let Err(err) = fs::rename(&temp, dir) {
         tree::remove_tree(&temp);
         return Err(
@@ -354,6 +404,14 @@ pub fn clean(bundle: &Bundle<'_>, all: bool) -> Result<String> {
             (Some(current.as_str()), tree::KEEP_OLDER)
         };
         let report = tree::housekeeping(&candidate.root, &manifest.name, current, keep);
+        if report.foreign {
+            let _ = writeln!(
+                out,
+                "skipped {}: it holds files the bundle did not create (a cache root should be a \
+                 directory of its own)",
+                candidate.root.display()
+            );
+        }
         for path in report.temps_removed.iter().chain(&report.trees_removed) {
             let _ = writeln!(out, "removed {}", path.display());
             removed += 1;

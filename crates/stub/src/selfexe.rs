@@ -57,11 +57,34 @@ pub fn open() -> Result<SelfFile> {
         }
     }
     let mut tried = Vec::new();
+    let mut unreadable = None;
     for candidate in candidates(exec_path) {
         match File::open(&candidate) {
             Ok(file) => return map(file, candidate),
-            Err(err) => tried.push(format!("{}: {err}", candidate.display())),
+            Err(err) => {
+                // Name the bundle's own path rather than /proc/self/exe.
+                if err.kind() == std::io::ErrorKind::PermissionDenied
+                    && candidate.exists()
+                    && unreadable
+                        .as_deref()
+                        .is_none_or(|p| p == Path::new(PROC_SELF_EXE))
+                {
+                    unreadable = Some(candidate.clone());
+                }
+                tried.push(format!("{}: {err}", candidate.display()));
+            }
         }
+    }
+    if let Some(path) = unreadable {
+        // Mode 0111 and the like: exec works, reading our own payload not.
+        return Err(crate::exit::coded(
+            crate::exit::Exit::PermissionDenied,
+            format!(
+                "the bundle must be readable as well as executable by this user to read its \
+                 payload ({} cannot be read); run chmod a+r on it",
+                path.display()
+            ),
+        ));
     }
     anyhow::bail!(
         "cannot find the bundle file to read its payload (tried {}); run it by its path",

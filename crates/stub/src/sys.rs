@@ -56,6 +56,18 @@ pub fn mount_flags(path: &Path) -> io::Result<MountFlags> {
     })
 }
 
+/// Bytes an unprivileged user may still write on the file system holding
+/// `path` (`f_bavail` blocks of `f_frsize`).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let path = cstring(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: as in `mount_flags`.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), buf.as_mut_ptr()) })?;
+    // SAFETY: statvfs returned 0, so it initialised `buf`.
+    let buf = unsafe { buf.assume_init() };
+    Ok(buf.f_bavail.saturating_mul(buf.f_frsize))
+}
+
 /// `access(path, W_OK | X_OK)`: can this user create entries in `path`?
 pub fn can_write_dir(path: &Path) -> bool {
     let Ok(path) = cstring(path) else {
