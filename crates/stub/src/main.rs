@@ -33,7 +33,7 @@ use crate::exit::{Exit, coded, exit_for};
 
 /// Small allocations from a static arena: see `arena` for why.
 #[global_allocator]
-static ALLOCATOR: arena::Arena = arena::Arena::new();
+static ALLOCATOR: arena::Arena<'static> = arena::Arena::new();
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
