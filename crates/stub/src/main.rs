@@ -75,6 +75,11 @@ fn main() -> ExitCode {
 /// `--help` (exit 0) or a usage error: the message, then the usage (exit 2).
 fn early_exit(program: &str, early: argh::EarlyExit) -> ExitCode {
     match early.status {
+        // The top-level help gets the exit codes; a command's help does not.
+        Ok(()) if early.output == argh_help(program) => {
+            println!("{}", help(program));
+            ExitCode::SUCCESS
+        }
         Ok(()) => {
             println!("{}", early.output);
             ExitCode::SUCCESS
@@ -87,7 +92,13 @@ fn early_exit(program: &str, early: argh::EarlyExit) -> ExitCode {
     }
 }
 
+/// The top-level help: argh's, then the exit codes.
 fn help(program: &str) -> String {
+    let footer = cli::exit_code_footer();
+    format!("{}\n{}", argh_help(program), footer.trim_end())
+}
+
+fn argh_help(program: &str) -> String {
     match Cli::from_args(&[program], &["--help"]) {
         Err(early) => early.output,
         Ok(_) => String::new(),
@@ -189,4 +200,39 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
 fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
     let decision = maint::preview(bundle)?;
     lifecycle::state_dir(bundle, &decision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top-level help ends with exactly the codes of [`Exit::TABLE`], in
+    /// order, and no second list; a command's help has none.
+    #[test]
+    fn help_lists_every_exit_code_once() {
+        let help = help("sydney-bundle");
+        let (_, footer) = help
+            .split_once("Exit codes (docs/EXIT_CODES.md):\n")
+            .expect("the help has an exit-code footer");
+        let listed: Vec<(u8, &str)> = footer
+            .lines()
+            .map(|line| {
+                let (code, meaning) = line.trim_start().split_once("  ").expect("code  meaning");
+                (code.parse().expect("a number"), meaning)
+            })
+            .collect();
+        let table: Vec<(u8, &str)> = Exit::TABLE
+            .iter()
+            .map(|&(exit, meaning)| (exit.code(), meaning))
+            .collect();
+        assert_eq!(listed, table);
+        assert!(!help.contains("Error codes"), "argh's own list is back");
+
+        let Err(command_help) = Cli::from_args(&["sydney-bundle"], &["start", "--help"]) else {
+            panic!("start --help did not exit early");
+        };
+        assert!(command_help.status.is_ok());
+        assert_ne!(command_help.output, argh_help("sydney-bundle"));
+        assert!(!command_help.output.contains("Exit codes"));
+    }
 }
