@@ -350,11 +350,6 @@ fn pinned_toolchain() -> Result<String> {
 /// flag is unstable, and only the pin is known to work.
 fn check_build_std(rustc_version: &str) -> Result<()> {
     let pinned = pinned_toolchain()?;
-    let fix = format!(
-        "build with the pinned toolchain {pinned} (rust-toolchain.toml; drop any `+toolchain` \
-         or RUSTUP_TOOLCHAIN override): `rustup toolchain install {pinned} --component rust-src \
-         --target {MUSL}`"
-    );
     if !rustc_version.starts_with(&format!("rustc {pinned} ")) {
         eprintln!(
             "note: building with {rustc_version}, not the pinned {pinned}; the stub's \
@@ -367,22 +362,42 @@ fn check_build_std(rustc_version: &str) -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1"),
     )
     .context("cannot run `cargo -Z help`")?;
-    if !flags
+    // rust-src is only looked for (and installed) if cargo has the flag.
+    match build_std_problem(&pinned, &flags, ensure_rust_src) {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
+    }
+}
+
+/// Why this toolchain cannot rebuild std, if it cannot: `cargo_z_help` is
+/// what `cargo -Z help` printed, `has_rust_src` says whether the component
+/// is (or could be) installed.
+fn build_std_problem(
+    pinned: &str,
+    cargo_z_help: &str,
+    has_rust_src: impl FnOnce() -> bool,
+) -> Option<String> {
+    let fix = format!(
+        "build with the pinned toolchain {pinned} (rust-toolchain.toml; drop any `+toolchain` \
+         or RUSTUP_TOOLCHAIN override): `rustup toolchain install {pinned} --component rust-src \
+         --target {MUSL}`"
+    );
+    if !cargo_z_help
         .lines()
         .any(|l| l.trim_start().starts_with("-Z build-std "))
     {
-        bail!(
+        return Some(format!(
             "this toolchain's cargo has no -Zbuild-std, which the stub and server builds need \
              to stay within the bundle's size budget; {fix}"
-        );
+        ));
     }
-    if !ensure_rust_src() {
-        bail!(
+    if !has_rust_src() {
+        return Some(format!(
             "the rust-src component is missing and rustup could not install it; -Zbuild-std \
              rebuilds the standard library from it; {fix}"
-        );
+        ));
     }
-    Ok(())
+    None
 }
 
 /// Is rust-src installed? If not, try `rustup component add`.
@@ -414,5 +429,21 @@ mod tests {
         );
         let rustc = util::stdout(command("rustc").arg("-V")).unwrap();
         check_build_std(rustc.trim()).unwrap();
+    }
+
+    #[test]
+    fn a_toolchain_that_cannot_rebuild_std_is_named_with_the_fix() {
+        let with_flag =
+            "Available unstable (nightly-only) flags:\n\n    -Z build-std    Enable ...\n";
+        assert_eq!(build_std_problem("1.95.0", with_flag, || true), None);
+
+        let no_flag = build_std_problem("1.95.0", "    -Z build-std-features  ...\n", || true);
+        let no_flag = no_flag.expect("a cargo without -Zbuild-std is refused");
+        assert!(no_flag.contains("has no -Zbuild-std"), "{no_flag}");
+        assert!(no_flag.contains("pinned toolchain 1.95.0"), "{no_flag}");
+
+        let no_src = build_std_problem("1.95.0", with_flag, || false).expect("refused");
+        assert!(no_src.contains("rust-src component is missing"), "{no_src}");
+        assert!(no_src.contains("rustup toolchain install 1.95.0 --component rust-src"));
     }
 }
