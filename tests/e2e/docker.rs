@@ -27,6 +27,12 @@ fn image() -> &'static str {
             Duration::from_secs(300),
         )
         .expect_success();
+        // Removed when the test binary exits (every container is removed
+        // by its test before that).
+        let removed = tag.clone();
+        at_exit(move || {
+            run(Command::new("docker").args(["rmi", "--force", &removed])).expect_success();
+        });
         tag
     })
 }
@@ -91,21 +97,24 @@ impl Drop for Container {
     }
 }
 
+/// `docker stop` sends SIGTERM to PID 1 and SIGKILL after its timeout: exit
+/// code 0 (not 137) shows the bundle, as PID 1, forwarded SIGTERM and the
+/// server shut down on it. How fast is for `cargo xtask bench`, not a test.
 #[test]
-fn scratch_image_serves_and_stops_within_two_seconds_with_exit_0() {
+fn scratch_image_serves_and_stops_on_sigterm_with_exit_0() {
     let container = Container::run(&[]);
     container.check_routes();
     let started = Instant::now();
-    run(Command::new("docker").args(["stop", &container.name])).expect_success();
+    run_timeout(
+        Command::new("docker").args(["stop", "--time", "30", &container.name]),
+        Duration::from_secs(60),
+    )
+    .expect_success();
     let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "docker stop took {took:?}: SIGTERM not handled as PID 1"
-    );
     assert_eq!(
         container.inspect("{{.State.ExitCode}}"),
         "0",
-        "{}",
+        "not stopped by SIGTERM (137 is SIGKILL after the timeout)\n{}",
         container.logs()
     );
     eprintln!("docker stop returned in {took:?}");

@@ -344,6 +344,25 @@ fn usage_errors_print_usage_and_exit_2() {
         .expect_stdout("daemon")
         .expect_stdout("healthcheck")
         .expect_stdout("Examples:");
+    // Every exit code docs/EXIT_CODES.md lists (the stub's unit tests keep
+    // that file and `Exit::TABLE` in step) ends the top-level help.
+    let doc = fs::read_to_string(root().join("docs/EXIT_CODES.md")).unwrap();
+    let rows: Vec<String> = doc
+        .lines()
+        .map(|line| line.split('|').map(str::trim).collect::<Vec<_>>())
+        .filter(|cells| cells.len() > 3 && cells[1].parse::<u8>().is_ok())
+        .map(|cells| format!("{:>5}  {}", cells[1], cells[2]))
+        .collect();
+    assert!(
+        rows.len() >= 20,
+        "docs/EXIT_CODES.md rows not found: {rows:?}"
+    );
+    let help = ran.stdout();
+    let footer = help
+        .split_once("Exit codes (docs/EXIT_CODES.md):\n")
+        .map(|(_, footer)| footer.trim_end().lines().collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no exit-code footer in the help:\n{help}"));
+    assert_eq!(footer, rows);
     for command in [
         "start",
         "daemon",

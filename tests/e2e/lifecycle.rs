@@ -2,7 +2,7 @@
 //! shell, end to end; stale and garbage pidfiles; PID 1 duties.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -231,9 +231,9 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
         &release.join("bin/orphans"),
         "#!/bin/sh\n\
          # Each subshell starts a sleeper and exits at once: the sleepers are\n\
-         # orphans, re-parented to PID 1, and become zombies unless reaped.\n\
-         for i in 1 2 3 4 5; do ( sleep 0.2 & ) ; done\n\
-         echo orphans-started >&2\n\
+         # orphans, re-parented to PID 1; the test ends them, and they stay\n\
+         # zombies unless PID 1 reaps them.\n\
+         for i in 1 2 3 4 5; do ( sleep 999 & ) ; done\n\
          exec sleep 1000\n",
     );
     let bundle = sandbox.join("orphans");
@@ -243,31 +243,54 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
         &bundle,
     );
 
-    let mut unshare = sandbox
-        .command("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(&bundle)
-        .arg("start")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed on drop, also when an assertion fails: --kill-child then takes
+    // the whole namespace with it.
+    let mut unshare = KilledOnDrop(
+        sandbox
+            .command("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(&bundle)
+            .arg("start")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // PID 1 of the namespace is unshare's child: our stub, as init.
     let init = {
         let mut found = None;
         eventually(Duration::from_secs(10), "the namespace's init", || {
-            found = children(unshare.id() as i32).first().copied();
+            found = children(unshare.0.id() as i32).first().copied();
             found.is_some()
         });
         found.unwrap()
     };
-    eventually(Duration::from_secs(10), "the entry to exec sleep", || {
-        children(init).iter().any(|&p| {
-            fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.starts_with("sleep\u{0}1000"))
-        })
+    let running = |args: &str| {
+        let cmdline = format!("sleep\u{0}{args}\u{0}");
+        move |pid: &i32| {
+            fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline)
+        }
+    };
+    // Precondition: the entry runs, and the five orphans are PID 1's
+    // children now.
+    let mut orphans = Vec::new();
+    eventually(
+        Duration::from_secs(10),
+        "the entry and five orphans under PID 1",
+        || {
+            let under_init = children(init);
+            orphans = under_init.iter().copied().filter(running("999")).collect();
+            under_init.iter().any(running("1000")) && orphans.len() == 5
+        },
+    );
+    // End them: each becomes a zombie until its parent, PID 1, reaps it.
+    for &orphan in &orphans {
+        kill(orphan, SIGKILL);
+    }
+    eventually(Duration::from_secs(10), "PID 1 to reap the orphans", || {
+        orphans
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
     });
-    // Give the orphans time to exit; none may linger as a zombie.
-    std::thread::sleep(Duration::from_millis(800));
     let zombies: Vec<i32> = descendants(init)
         .into_iter()
         .filter(|&p| {
@@ -279,18 +302,28 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
 
     let started = Instant::now();
     kill(init, SIGTERM);
-    let status = loop {
-        if let Some(status) = unshare.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "SIGTERM to PID 1 was not acted on"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut status = None;
+    eventually(Duration::from_secs(3), "PID 1 to act on SIGTERM", || {
+        status = unshare.0.try_wait().unwrap();
+        status.is_some()
+    });
     // The entry (sleep) died of SIGTERM: init exits 128 + 15.
-    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert_eq!(
+        status.unwrap().code(),
+        Some(143),
+        "{status:?} after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A child process killed and reaped when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn children(pid: i32) -> Vec<i32> {

@@ -59,11 +59,15 @@ fn mix_release() -> &'static PathBuf {
     static RELEASE: OnceLock<PathBuf> = OnceLock::new();
     RELEASE.get_or_init(|| {
         require_program("mix", "elixir");
+        // Shared by the tests of this file, so it outlives each of them;
+        // removed when the test binary exits.
         let work = tempfile::Builder::new()
             .prefix("sydney-mix-")
             .tempdir()
             .unwrap()
             .keep();
+        let removed = work.clone();
+        at_exit(move || fs::remove_dir_all(&removed).unwrap());
         let env = |command: &mut Command| {
             command
                 .current_dir(&work)

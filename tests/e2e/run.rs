@@ -189,18 +189,37 @@ fn kill_9_during_extraction_then_a_start_succeeds_and_cleans_up() {
     options.level = 1;
     pack(&release, &options, &bundle);
 
-    let mut first = spawn(
-        sandbox
-            .command(&bundle)
-            .args(["start", "--", "--port", "0"])
-            .stderr(std::process::Stdio::null()),
-    )
-    .unwrap();
-    eventually(Duration::from_secs(30), "a temp dir to appear", || {
-        !cache_contents(&sandbox.cache()).1.is_empty()
-    });
-    kill(first.id() as i32, SIGKILL);
-    first.wait().unwrap();
+    // Stop the first start as soon as its temp dir appears, check that it is
+    // still extracting (a temp dir, no tree), and only then kill it: killing
+    // "once a temp dir appears" could land after the extraction finished.
+    // An extraction that wins the race anyway is thrown away and retried.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut first = spawn(
+            sandbox
+                .command(&bundle)
+                .args(["start", "--", "--port", "0"])
+                .stderr(std::process::Stdio::null()),
+        )
+        .unwrap();
+        eventually(Duration::from_secs(30), "a temp dir to appear", || {
+            !cache_contents(&sandbox.cache()).1.is_empty()
+        });
+        kill(first.id() as i32, SIGSTOP);
+        let (trees, temps) = cache_contents(&sandbox.cache());
+        let mid_extraction = trees.is_empty() && temps.len() == 1;
+        kill(first.id() as i32, SIGKILL);
+        first.wait().unwrap();
+        if mid_extraction {
+            break;
+        }
+        assert!(
+            attempts < 5,
+            "the extraction finished before it could be stopped, {attempts} times"
+        );
+        fs::remove_dir_all(sandbox.cache()).unwrap();
+    }
     let (trees, temps) = cache_contents(&sandbox.cache());
     assert!(
         trees.is_empty(),
@@ -221,6 +240,20 @@ fn kill_9_during_extraction_then_a_start_succeeds_and_cleans_up() {
         temps.is_empty(),
         "the crash leftover was not removed: {temps:?}"
     );
+}
+
+/// The modification time of the newest tree in the cache root `cache`, as
+/// housekeeping ranks trees: by their marker file (docs/FORMAT.md).
+fn newest_tree_mtime(cache: &std::path::Path) -> std::time::SystemTime {
+    let (trees, _) = cache_contents(cache);
+    trees
+        .iter()
+        .map(|tree| {
+            let marker = cache.join(tree).join(".sydney-bundle");
+            fs::metadata(marker).unwrap().modified().unwrap()
+        })
+        .max()
+        .expect("at least one tree")
 }
 
 #[test]
@@ -245,7 +278,19 @@ fn older_versions_are_collected_unless_in_use() {
         cache_contents(&sandbox.cache()).0.len() == 1
     });
     for version in ["2", "3", "4", "5"] {
-        std::thread::sleep(Duration::from_millis(20));
+        // Trees are ranked by modification time: before the next version,
+        // wait until the file system's clock has moved past the newest
+        // tree's (it ticks coarsely), so no two trees tie.
+        let newest = newest_tree_mtime(&sandbox.cache());
+        let probe = sandbox.join("clock-probe");
+        eventually(
+            Duration::from_secs(5),
+            "the file system clock to move on",
+            || {
+                fs::write(&probe, "").unwrap();
+                fs::metadata(&probe).unwrap().modified().unwrap() > newest
+            },
+        );
         run(sandbox.command(bundle_for(version)).arg("start")).expect_success();
     }
     let (trees, _) = cache_contents(&sandbox.cache());

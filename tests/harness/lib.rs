@@ -314,8 +314,8 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn(command).unwrap_or_else(|err| panic!("cannot run {line}: {err}"));
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
+    let (stdout, stdout_done) = drain(child.stdout.take().unwrap());
+    let (stderr, stderr_done) = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -331,8 +331,12 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Let the reader threads see end of file.
-    std::thread::sleep(Duration::from_millis(20));
+    // All the output: the readers reach end of file once every copy of the
+    // pipes is closed. A grandchild that keeps one open (and is not ours to
+    // wait for) gets a bounded wait, then we take what has arrived.
+    for done in [stdout_done, stderr_done] {
+        let _ = done.recv_timeout(Duration::from_secs(10));
+    }
     let output = Output {
         status,
         stdout: stdout.lock().unwrap().clone(),
@@ -341,9 +345,12 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
     Ran { line, output }
 }
 
-fn drain(mut reader: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+/// Reads `reader` to its end on a thread: the bytes so far, and a channel
+/// that is signalled (or dropped) at end of file.
+fn drain(mut reader: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, mpsc::Receiver<()>) {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let sink = buffer.clone();
+    let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         while let Ok(n) = reader.read(&mut chunk) {
@@ -352,8 +359,9 @@ fn drain(mut reader: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
             }
             sink.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
+        let _ = done.send(());
     });
-    buffer
+    (buffer, finished)
 }
 
 /// A running server process, killed (process group included) on drop.
@@ -387,6 +395,7 @@ impl Server {
         let mut child = spawn(command).map_err(|err| format!("cannot run {line}: {err}"))?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
+        let (done, finished) = mpsc::channel();
         let reader = BufReader::new(child.stderr.take().unwrap());
         let log = stderr.clone();
         std::thread::spawn(move || {
@@ -398,6 +407,7 @@ impl Server {
                 log.push_str(&text);
                 log.push('\n');
             }
+            let _ = done.send(());
         });
         match rx.recv_timeout(timeout) {
             Ok(addr) => {
@@ -416,7 +426,9 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
-                std::thread::sleep(Duration::from_millis(50));
+                // The rest of its stderr, for the message (bounded: a
+                // grandchild may hold the pipe).
+                let _ = finished.recv_timeout(Duration::from_secs(5));
                 Err(format!(
                     "{line} did not report `listening on` within {timeout:?} (status {status:?})\n\
                      --- stderr ---\n{}",
@@ -466,6 +478,33 @@ impl Drop for Server {
     }
 }
 
+/// Runs `cleanup` when the test binary exits, for what is built once and
+/// shared by several tests (the Docker image, the mix release), so that a
+/// run leaves nothing behind. libtest returns from `main` or calls
+/// `process::exit` after the last test; both run `atexit` handlers. A
+/// panicking cleanup is reported and the others still run.
+pub fn at_exit(cleanup: impl FnOnce() + Send + 'static) {
+    type Cleanup = Box<dyn FnOnce() + Send>;
+    static CLEANUPS: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn run_cleanups() {
+        let cleanups = std::mem::take(&mut *CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+        for cleanup in cleanups.into_iter().rev() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(cleanup)).is_err() {
+                eprintln!("e2e: a cleanup at exit failed; see the panic above");
+            }
+        }
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: `run_cleanups` is an `extern "C"` function with no
+        // arguments that never unwinds (panics are caught above); atexit
+        // only stores the pointer.
+        let registered = unsafe { libc::atexit(run_cleanups) };
+        assert_eq!(registered, 0, "atexit failed");
+    });
+    CLEANUPS.lock().unwrap().push(Box::new(cleanup));
+}
+
 /// `kill(pid, signal)`, ignoring errors.
 pub fn kill(pid: i32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
@@ -478,6 +517,8 @@ pub fn kill(pid: i32, signal: i32) {
 pub const SIGTERM: i32 = 15;
 /// SIGKILL.
 pub const SIGKILL: i32 = 9;
+/// SIGSTOP.
+pub const SIGSTOP: i32 = 19;
 /// SIGINT.
 pub const SIGINT: i32 = 2;
 

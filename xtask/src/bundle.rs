@@ -98,16 +98,11 @@ pub fn bundle_for(
         println!("| {what:<28} | {:>10} |", util::grouped(len));
     }
     println!(
-        "\n{} ({} {}, {}, {})",
+        "\n{} ({} {}, {}, std rebuilt)",
         out.display(),
         report.manifest.codec,
         options.level,
         toolchain.target,
-        if toolchain.build_std {
-            "std rebuilt"
-        } else {
-            "prebuilt std"
-        }
     );
     Ok(Built {
         bundle: out.to_owned(),
@@ -149,15 +144,9 @@ fn build_metadata(toolchain: &Toolchain) -> Result<Vec<(String, String)>> {
     let mut build = vec![
         ("rustc".to_owned(), toolchain.rustc_version.clone()),
         ("target".to_owned(), toolchain.target.to_owned()),
-        (
-            "std".to_owned(),
-            if toolchain.build_std {
-                "rebuilt"
-            } else {
-                "prebuilt"
-            }
-            .to_owned(),
-        ),
+        // Always: a toolchain that cannot rebuild std fails the build
+        // (docs/decisions/0020-build-std.md).
+        ("std".to_owned(), "rebuilt".to_owned()),
         (
             "source_date_epoch".to_owned(),
             util::source_date_epoch()?.to_string(),

@@ -220,13 +220,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Pack(args) => {
             let codec = args.codec.unwrap_or(bundle::DEFAULT_CODEC);
-            let level = args
-                .level
-                .unwrap_or(bundle_format::codec::default_level(codec));
-            let max = bundle_format::codec::max_level(codec);
-            if !(1..=max).contains(&level) {
-                bail!("--level {level} is out of range for {codec} (1 to {max})");
-            }
+            let level = pack::level(codec, args.level, &args.dir)?;
             let source = match args.stub {
                 Some(path) => pack::StubSource::File(path),
                 None => pack::StubSource::Workspace,

@@ -2,8 +2,10 @@
 //!
 //! Builds what the end-to-end tests run for real (the static bundle, both
 //! stub variants, the static server), then runs `cargo test --workspace`
-//! with their paths in the environment. Nothing is skipped: a test that
-//! needs something missing fails and says what.
+//! with the end-to-end tests turned on (feature `e2e/e2e`; plain `cargo test
+//! --workspace` leaves them out) and the artifacts' paths in the
+//! environment. Nothing is skipped: a test that needs something missing
+//! fails and says what.
 
 use anyhow::Result;
 use bundle_format::Codec;
@@ -33,7 +35,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     let zstd = toolchain.build_stub(Codec::Zstd)?;
     let mut cargo = command(util::cargo());
     cargo
-        .args(["test", "--workspace", "--locked"])
+        .args(["test", "--workspace", "--locked", "--features", "e2e/e2e"])
         .args(extra)
         .env("SYDNEY_TEST_BUNDLE", &built.bundle)
         .env("SYDNEY_TEST_RELEASE", &built.release)

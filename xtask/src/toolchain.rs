@@ -5,10 +5,13 @@
 //! executable that runs on any x86_64 Linux.
 //!
 //! Standard library: rebuilt from source with the release profile and
-//! without its backtrace printer (`-Zbuild-std`, enabled on this stable
-//! toolchain by `RUSTC_BOOTSTRAP=1`), the largest single size saving
-//! (docs/decisions/0009-stub-build-profile.md). It needs the `rust-src` component;
-//! without it we fall back to the prebuilt std and say so.
+//! without its backtrace printer (`-Zbuild-std`, enabled on the pinned
+//! stable toolchain, `rust-toolchain.toml`, by `RUSTC_BOOTSTRAP=1`). It is the
+//! largest size saving and the largest maintenance risk:
+//! docs/decisions/0020-build-std.md. There is no fallback to the prebuilt
+//! std (the bundle would outgrow its size budget): a toolchain without
+//! `rust-src`, or whose cargo no longer has `-Zbuild-std`, fails the build
+//! with a message that says so.
 //!
 //! Paths are remapped so the output does not depend on where the checkout,
 //! cargo home or toolchain live: the same commit and toolchain give the same
@@ -16,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use bundle_format::Codec;
 
 use crate::util::{self, command};
@@ -32,8 +35,6 @@ pub const GNU: &str = "x86_64-unknown-linux-gnu";
 pub struct Toolchain {
     /// The target triple.
     pub target: &'static str,
-    /// Rebuild std from source (smaller binaries).
-    pub build_std: bool,
     /// `rustc -V`, recorded in the bundle's build metadata.
     pub rustc_version: String,
     /// The cargo target directory for these builds.
@@ -68,13 +69,7 @@ impl Toolchain {
             );
             GNU
         };
-        let build_std = ensure_rust_src();
-        if !build_std {
-            eprintln!(
-                "note: the rust-src component is not available; using the prebuilt standard \
-                 library, which makes the server and stub about 345 KB larger each"
-            );
-        }
+        check_build_std(&rustc_version)?;
         let musl_cc_fallback = (target == MUSL && !ensure_musl_cc()).then(|| {
             eprintln!(
                 "note: no musl C compiler (Debian package musl-tools); compiling the C parts \
@@ -84,7 +79,6 @@ impl Toolchain {
         });
         Ok(Toolchain {
             target,
-            build_std,
             rustc_version,
             target_dir: default_target_dir(),
             musl_cc_fallback,
@@ -131,12 +125,10 @@ impl Toolchain {
         if !features.is_empty() {
             cargo.arg("--features").arg(features.join(","));
         }
-        if self.build_std {
-            cargo
-                .arg("-Zbuild-std=std,panic_abort")
-                .arg("-Zbuild-std-features=")
-                .env("RUSTC_BOOTSTRAP", "1");
-        }
+        cargo
+            .arg("-Zbuild-std=std,panic_abort")
+            .arg("-Zbuild-std-features=")
+            .env("RUSTC_BOOTSTRAP", "1");
         cargo.env("RUSTFLAGS", self.rustflags()?);
         if let Some(cc) = self.musl_cc_fallback {
             cargo.env("CC_x86_64_unknown_linux_musl", cc);
@@ -146,7 +138,14 @@ impl Toolchain {
         if !final_args.is_empty() {
             cargo.arg("--").args(final_args);
         }
-        util::run(&mut cargo)?;
+        util::run(&mut cargo).with_context(|| {
+            format!(
+                "cannot build {bin} with {} and -Zbuild-std; if the errors above are about \
+                 build-std or the standard library's sources, this toolchain cannot rebuild std: \
+                 build with the one rust-toolchain.toml pins (docs/decisions/0020-build-std.md)",
+                self.rustc_version
+            )
+        })?;
         Ok(self.target_dir().join(self.target).join(profile).join(bin))
     }
 
@@ -329,6 +328,80 @@ fn ensure_musl_cc() -> bool {
     have() || (util::ensure_programs(&[("musl-gcc", "musl-tools")]).is_ok() && have())
 }
 
+/// The toolchain `rust-toolchain.toml` pins (its `channel`).
+fn pinned_toolchain() -> Result<String> {
+    let path = util::root().join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("{} names no channel", path.display()))
+}
+
+/// Fails, saying why, unless this toolchain can rebuild the standard library
+/// (`-Zbuild-std`, docs/decisions/0020-build-std.md): its cargo must still
+/// have the flag and the `rust-src` component must be installed (rustup adds
+/// it when it can). A toolchain other than the pinned one gets a note: the
+/// flag is unstable, and only the pin is known to work.
+fn check_build_std(rustc_version: &str) -> Result<()> {
+    let pinned = pinned_toolchain()?;
+    if !rustc_version.starts_with(&format!("rustc {pinned} ")) {
+        eprintln!(
+            "note: building with {rustc_version}, not the pinned {pinned}; the stub's \
+             -Zbuild-std is only known to work with the pin"
+        );
+    }
+    let flags = util::stdout(
+        command(util::cargo())
+            .args(["-Z", "help"])
+            .env("RUSTC_BOOTSTRAP", "1"),
+    )
+    .context("cannot run `cargo -Z help`")?;
+    // rust-src is only looked for (and installed) if cargo has the flag.
+    match build_std_problem(&pinned, &flags, ensure_rust_src) {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
+    }
+}
+
+/// Why this toolchain cannot rebuild std, if it cannot: `cargo_z_help` is
+/// what `cargo -Z help` printed, `has_rust_src` says whether the component
+/// is (or could be) installed.
+fn build_std_problem(
+    pinned: &str,
+    cargo_z_help: &str,
+    has_rust_src: impl FnOnce() -> bool,
+) -> Option<String> {
+    let fix = format!(
+        "build with the pinned toolchain {pinned} (rust-toolchain.toml; drop any `+toolchain` \
+         or RUSTUP_TOOLCHAIN override): `rustup toolchain install {pinned} --component rust-src \
+         --target {MUSL}`"
+    );
+    if !cargo_z_help
+        .lines()
+        .any(|l| l.trim_start().starts_with("-Z build-std "))
+    {
+        return Some(format!(
+            "this toolchain's cargo has no -Zbuild-std, which the stub and server builds need \
+             to stay within the bundle's size budget; {fix}"
+        ));
+    }
+    if !has_rust_src() {
+        return Some(format!(
+            "the rust-src component is missing and rustup could not install it; -Zbuild-std \
+             rebuilds the standard library from it; {fix}"
+        ));
+    }
+    None
+}
+
 /// Is rust-src installed? If not, try `rustup component add`.
 fn ensure_rust_src() -> bool {
     let installed = |out: &str| out.lines().any(|l| l.starts_with("rust-src"));
@@ -342,4 +415,37 @@ fn ensure_rust_src() -> bool {
     }
     eprintln!("note: installing the rust-src component with rustup (for a smaller build)");
     util::run(command("rustup").args(["component", "add", "rust-src"])).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_is_an_exact_version_and_this_toolchain_can_rebuild_std() {
+        let pinned = pinned_toolchain().unwrap();
+        let parts: Vec<&str> = pinned.split('.').collect();
+        assert!(
+            parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+            "rust-toolchain.toml should pin an exact version, not {pinned:?}"
+        );
+        let rustc = util::stdout(command("rustc").arg("-V")).unwrap();
+        check_build_std(rustc.trim()).unwrap();
+    }
+
+    #[test]
+    fn a_toolchain_that_cannot_rebuild_std_is_named_with_the_fix() {
+        let with_flag =
+            "Available unstable (nightly-only) flags:\n\n    -Z build-std    Enable ...\n";
+        assert_eq!(build_std_problem("1.95.0", with_flag, || true), None);
+
+        let no_flag = build_std_problem("1.95.0", "    -Z build-std-features  ...\n", || true);
+        let no_flag = no_flag.expect("a cargo without -Zbuild-std is refused");
+        assert!(no_flag.contains("has no -Zbuild-std"), "{no_flag}");
+        assert!(no_flag.contains("pinned toolchain 1.95.0"), "{no_flag}");
+
+        let no_src = build_std_problem("1.95.0", with_flag, || false).expect("refused");
+        assert!(no_src.contains("rust-src component is missing"), "{no_src}");
+        assert!(no_src.contains("rustup toolchain install 1.95.0 --component rust-src"));
+    }
 }

@@ -33,7 +33,10 @@ pub struct PackOptions {
     pub args: Vec<String>,
     /// Payload codec.
     pub codec: Codec,
-    /// Compression level (clamped to the codec's range).
+    /// Compression level (clamped to the codec's range). Callers choose it
+    /// (`codec::default_level_for` gives the documented defaults); the level
+    /// used is recorded in the manifest's build facts as
+    /// [`LEVEL_BUILD_KEY`].
     pub level: u32,
     /// The entry cannot run without its extracted tree.
     pub needs_tree: bool,
@@ -44,6 +47,10 @@ pub struct PackOptions {
     /// Build facts recorded in the manifest; sorted by key on write.
     pub build: Vec<(String, String)>,
 }
+
+/// The build fact (manifest `build`) that records the compression level
+/// the payload was packed with, e.g. `compression_level=19`.
+pub const LEVEL_BUILD_KEY: &str = "compression_level";
 
 /// Progress of a running pack, in bytes of file content.
 #[derive(Debug, Clone, Copy)]
@@ -321,7 +328,8 @@ pub fn pack(
     let payload_start = stub.len() as u64 + LEAD_IN_LEN as u64;
 
     let hashed = HashingWriter::new(sink);
-    let encoder = Encoder::new(opts.codec, opts.level, hashed).map_err(write_err)?;
+    let level = opts.level.clamp(1, crate::codec::max_level(opts.codec));
+    let encoder = Encoder::new(opts.codec, level, hashed).map_err(write_err)?;
     let mut tar = tar::Builder::new(CountingWriter::new(encoder));
     let total = entries.iter().map(|e| e.size).sum();
     let mut done = 0;
@@ -345,7 +353,12 @@ pub fn pack(
     let (mut sink, payload_len, payload_sha256) = hashed.finish();
 
     let index_bytes = index.encode();
-    let mut build = opts.build.clone();
+    // The packer's own record of the level wins over a caller's.
+    let mut build: Vec<_> = (opts.build.iter())
+        .filter(|(key, _)| key != LEVEL_BUILD_KEY)
+        .cloned()
+        .collect();
+    build.push((LEVEL_BUILD_KEY.to_owned(), level.to_string()));
     build.sort();
     let manifest = Manifest {
         name: opts.name.clone(),

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use bundle_format::pack::{PackOptions, pack_to_path};
+use bundle_format::pack::{LEVEL_BUILD_KEY, PackOptions, pack_to_path};
 use bundle_format::{Bundle, Codec, EntryKind, FormatError};
 use proptest::prelude::*;
 
@@ -106,6 +106,7 @@ fn pack_then_unpack_gives_the_same_tree_for_each_codec() {
         );
         assert_eq!(manifest.args, ["start"]);
         assert_eq!(manifest.codec, codec);
+        assert_eq!(manifest.build_value(LEVEL_BUILD_KEY), Some("3"));
         assert_eq!(manifest.file_count, snapshot(&src).len() as u64);
         bundle.verify_payload().unwrap();
 
@@ -118,6 +119,30 @@ fn pack_then_unpack_gives_the_same_tree_for_each_codec() {
         let stats = bundle.unpack_verified(&dest).unwrap();
         assert_eq!(stats.entries(), manifest.file_count);
         assert_eq!(snapshot(&dest), snapshot(&src), "{codec}");
+    }
+}
+
+#[test]
+fn the_manifest_records_the_level_actually_used() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("release");
+    sample_release(&src);
+    let out = work.path().join("demo.bundle");
+    for (codec, asked, used) in [(Codec::Gzip, 99, "9"), (Codec::Zstd, 0, "1")] {
+        let mut opts = options(codec);
+        opts.level = asked;
+        // A caller's own record of the level does not override the packer's.
+        opts.build.push((LEVEL_BUILD_KEY.into(), "wrong".into()));
+        pack_dir(&src, &out, &opts).unwrap();
+        let bytes = fs::read(&out).unwrap();
+        let bundle = Bundle::open(&bytes).unwrap();
+        let build = &bundle.manifest().build;
+        let levels: Vec<_> = build.iter().filter(|(k, _)| k == LEVEL_BUILD_KEY).collect();
+        assert_eq!(levels, [&(LEVEL_BUILD_KEY.to_owned(), used.to_owned())]);
+        assert!(
+            build.is_sorted(),
+            "build facts are sorted by key: {build:?}"
+        );
     }
 }
 

@@ -1,10 +1,16 @@
-//! The command line. Doc comments are the help text.
+//! The command line. Doc comments are the help text; the top-level help
+//! ends with the exit codes, written from [`Exit::TABLE`] by
+//! [`exit_code_footer`] (argh's own `error_code` list would be a second copy).
 //!
 //! argh, not clap: it derives the same kind of parser with per-command
 //! `--help`, examples and notes, for a fraction of clap's size in every
 //! bundle (docs/decisions/0001-argh-over-clap.md).
 
+use std::fmt::Write;
+
 use argh::FromArgs;
+
+use crate::exit::Exit;
 
 /// Run and manage the release packed in this file.
 #[derive(FromArgs, Debug)]
@@ -17,19 +23,7 @@ use argh::FromArgs;
             SYDNEY_BUNDLE_DIR        cache root to extract into (an error if unusable)\n  \
             SYDNEY_BUNDLE_STATE_DIR  where pidfile, lock and log live (default: <cache root>/state/<name>)\n  \
             SYDNEY_BUNDLE_INIT=0     as PID 1, exec the entry instead of staying as a minimal init\n\
-            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME and BUNDLE_VERSION.\n\
-            See docs/EXIT_CODES.md for every exit code; the common ones are listed below.",
-    error_code(1, "failure not listed here"),
-    error_code(2, "bad command line"),
-    error_code(3, "stop, pid: not running"),
-    error_code(4, "daemon: already running"),
-    error_code(5, "healthcheck: no 2xx answer"),
-    error_code(10, "no payload: a bare stub or a stripped bundle"),
-    error_code(11, "truncated bundle"),
-    error_code(14, "corrupt bundle (digest mismatch)"),
-    error_code(20, "no usable cache directory"),
-    error_code(21, "disk full"),
-    error_code(23, "SYDNEY_BUNDLE_DIR is unsafe (not yours, or writable by others)")
+            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME and BUNDLE_VERSION."
 )]
 pub struct Cli {
     #[argh(subcommand)]
@@ -222,4 +216,13 @@ pub struct Clean {
     /// (trees in use are kept)
     #[argh(switch)]
     pub all: bool,
+}
+
+/// The end of the top-level `--help`: every exit code of [`Exit::TABLE`].
+pub fn exit_code_footer() -> String {
+    let mut out = String::from("Exit codes (docs/EXIT_CODES.md):\n");
+    for (exit, meaning) in Exit::TABLE {
+        let _ = writeln!(out, "  {:>3}  {meaning}", exit.code());
+    }
+    out
 }

@@ -33,7 +33,7 @@ use crate::exit::{Exit, coded, exit_for};
 
 /// Small allocations from a static arena: see `arena` for why.
 #[global_allocator]
-static ALLOCATOR: arena::Arena = arena::Arena::new();
+static ALLOCATOR: arena::Arena<'static> = arena::Arena::new();
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
@@ -75,6 +75,11 @@ fn main() -> ExitCode {
 /// `--help` (exit 0) or a usage error: the message, then the usage (exit 2).
 fn early_exit(program: &str, early: argh::EarlyExit) -> ExitCode {
     match early.status {
+        // The top-level help gets the exit codes; a command's help does not.
+        Ok(()) if early.output == argh_help(program) => {
+            println!("{}", help(program));
+            ExitCode::SUCCESS
+        }
         Ok(()) => {
             println!("{}", early.output);
             ExitCode::SUCCESS
@@ -87,7 +92,13 @@ fn early_exit(program: &str, early: argh::EarlyExit) -> ExitCode {
     }
 }
 
+/// The top-level help: argh's, then the exit codes.
 fn help(program: &str) -> String {
+    let footer = cli::exit_code_footer();
+    format!("{}\n{}", argh_help(program), footer.trim_end())
+}
+
+fn argh_help(program: &str) -> String {
     match Cli::from_args(&[program], &["--help"]) {
         Err(early) => early.output,
         Ok(_) => String::new(),
@@ -217,4 +228,39 @@ fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
         }
     }
     lifecycle::state_dir(bundle, &decision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top-level help ends with exactly the codes of [`Exit::TABLE`], in
+    /// order, and no second list; a command's help has none.
+    #[test]
+    fn help_lists_every_exit_code_once() {
+        let help = help("sydney-bundle");
+        let (_, footer) = help
+            .split_once("Exit codes (docs/EXIT_CODES.md):\n")
+            .expect("the help has an exit-code footer");
+        let listed: Vec<(u8, &str)> = footer
+            .lines()
+            .map(|line| {
+                let (code, meaning) = line.trim_start().split_once("  ").expect("code  meaning");
+                (code.parse().expect("a number"), meaning)
+            })
+            .collect();
+        let table: Vec<(u8, &str)> = Exit::TABLE
+            .iter()
+            .map(|&(exit, meaning)| (exit.code(), meaning))
+            .collect();
+        assert_eq!(listed, table);
+        assert!(!help.contains("Error codes"), "argh's own list is back");
+
+        let Err(command_help) = Cli::from_args(&["sydney-bundle"], &["start", "--help"]) else {
+            panic!("start --help did not exit early");
+        };
+        assert!(command_help.status.is_ok());
+        assert_ne!(command_help.output, argh_help("sydney-bundle"));
+        assert!(!command_help.output.contains("Exit codes"));
+    }
 }
