@@ -161,6 +161,7 @@ impl Toolchain {
             // newer) and glibc >= 2.36 (the static fallback links its own)
             // apply them at start-up.
             "-Clink-arg=-Wl,-z,pack-relative-relocs".to_owned(),
+            "-Zlocation-detail=none".to_owned(),
         ];
         if self.target == GNU {
             flags.push("-Ctarget-feature=+crt-static".to_owned());
