@@ -5,6 +5,8 @@ mod anywhere;
 mod docker;
 mod doctor;
 mod errors;
+mod fleet;
+mod image;
 mod lifecycle;
 mod mix;
 mod repro;

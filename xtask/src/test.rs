@@ -22,6 +22,10 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("mix", "elixir"),
     ("erl", "erlang-base"),
     ("docker", "docker.io"),
+    // The image writer's tests: other readers of the OCI archive.
+    ("podman", "podman"),
+    ("skopeo", "skopeo"),
+    ("umoci", "umoci"),
 ];
 
 /// Builds the artifacts, then runs the tests.
