@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bundle_image::{ImageOptions, ImageReport};
+use e2e::bundle_format::Codec;
 use e2e::*;
 
 /// `sydney-fleet-e2e-<pid>-<n>`: a fresh name for something in Docker.
@@ -36,6 +37,17 @@ pub fn docker_json(args: &[&str]) -> serde_json::Value {
     let ran = docker(args);
     serde_json::from_str(ran.stdout().trim())
         .unwrap_or_else(|err| panic!("not JSON ({err}):\n{ran}"))
+}
+
+/// The sydney release packed again as another version (same stub, same
+/// server), with `args` always passed to the server.
+pub fn sydney_bundle_version(dir: &Path, version: &str, args: &[&str]) -> PathBuf {
+    let mut options = pack_options("sydney", "bin/sydney", Codec::Gzip);
+    options.version = version.to_owned();
+    options.args = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = dir.join(format!("sydney-bundle-{version}"));
+    pack(&artifacts().release, &options, &out);
+    out
 }
 
 /// An image written by `bundle-image` and loaded with `docker load`;

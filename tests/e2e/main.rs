@@ -11,3 +11,4 @@ mod lifecycle;
 mod mix;
 mod repro;
 mod run;
+mod swarm;
