@@ -2,6 +2,7 @@
 //! Run them with `cargo xtask test`, which builds the static artifacts first.
 
 mod anywhere;
+mod deploy_files;
 mod docker;
 mod doctor;
 mod errors;
