@@ -8,6 +8,11 @@ use crate::bundle::Built;
 use crate::image;
 use crate::util::{self, command};
 
+/// deploy/swarm/stack.yml.
+pub fn stack_file() -> std::path::PathBuf {
+    util::root().join("deploy").join("swarm").join("stack.yml")
+}
+
 /// Where the image archive goes.
 pub fn default_archive() -> std::path::PathBuf {
     util::target_dir().join("bundle").join("sydney-image.tar")
