@@ -272,4 +272,21 @@ fn writer_and_dockerfile_scratch_give_equivalent_images() {
     for key in ["Entrypoint", "Cmd", "User", "Healthcheck", "ExposedPorts"] {
         assert_eq!(a[key], b[key], "{key} differs:\nwritten {a}\nbuilt {b}");
     }
+
+    // The Dockerfile's image runs as the writer's does: uid 65532, the
+    // tree unpacked into /tmp.
+    let container = Container::run(&built, &[]);
+    container.expect_serving();
+    let processes = container.processes();
+    assert!(
+        processes.iter().all(|(uid, _)| uid == "65532"),
+        "{processes:?}"
+    );
+    assert!(
+        processes
+            .iter()
+            .any(|(_, args)| args.starts_with("/tmp/sydney-bundle-65532/")),
+        "{processes:?}\n{}",
+        container.logs()
+    );
 }

@@ -106,3 +106,41 @@ pub fn docker_load(archive: &Path) -> Result<()> {
     print!("{loaded}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_flags() {
+        let items = ["a=b".to_owned(), "c=".to_owned(), "d=e=f".to_owned()];
+        assert_eq!(
+            pairs("--label", &items).unwrap(),
+            [("a", "b"), ("c", ""), ("d", "e=f")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        for bad in ["novalue", "=x"] {
+            let err = pairs("--label", &[bad.to_owned()]).unwrap_err().to_string();
+            assert!(err.contains("give KEY=VALUE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_become_options() {
+        let options = options(Flags {
+            tag: Some("web/sydney:2".to_owned()),
+            user: Some("1000:1000".to_owned()),
+            no_healthcheck: true,
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(options.tag.unwrap().to_string(), "web/sydney:2");
+        assert_eq!(options.user, "1000:1000");
+        assert!(options.healthcheck.is_none());
+        let err = super::options(Flags {
+            tag: Some("Web:1".to_owned()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("bad image name"), "{err}");
+    }
+}
