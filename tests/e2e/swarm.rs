@@ -246,9 +246,21 @@ enum Outcome {
     Refused,
     /// No route or no answer to the SYN: a task that is gone.
     Unreachable,
+    /// Connected, then closed (or reset) before a single byte of response:
+    /// a stopping task closed a connection whose request had not reached
+    /// it yet. Nothing was processed, so a client may retry (RFC 9110
+    /// 9.2.2); allowed only from a task that then goes away.
+    ClosedBeforeResponse,
     /// Anything else: a reset or end of stream mid-response, another
     /// status, garbage. Must never happen.
     Bad,
+}
+
+/// What the probes saw in one phase.
+struct Seen {
+    counts: BTreeMap<Outcome, u64>,
+    bad: Vec<String>,
+    closed: Vec<(IpAddr, String)>,
 }
 
 /// Probes every replica in a loop from inside the client container's
@@ -257,6 +269,7 @@ struct Prober {
     stop: Arc<AtomicBool>,
     counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
     bad: Arc<Mutex<Vec<String>>>,
+    closed: Arc<Mutex<Vec<(IpAddr, String)>>>,
     probing: Option<std::thread::JoinHandle<()>>,
     refreshing: Option<std::thread::JoinHandle<()>>,
 }
@@ -269,6 +282,7 @@ impl Prober {
         let targets: Arc<Mutex<BTreeSet<IpAddr>>> = Arc::default();
         let counts: Arc<Mutex<BTreeMap<Outcome, u64>>> = Arc::default();
         let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+        let closed: Arc<Mutex<Vec<(IpAddr, String)>>> = Arc::default();
 
         let refreshing = {
             let (stop, targets) = (stop.clone(), targets.clone());
@@ -302,7 +316,8 @@ impl Prober {
         let netns = std::fs::File::open(format!("/proc/{client_pid}/ns/net"))
             .unwrap_or_else(|err| panic!("cannot open the client's network namespace: {err}"));
         let probing = {
-            let (stop, counts, bad) = (stop.clone(), counts.clone(), bad.clone());
+            let (stop, counts, bad, closed) =
+                (stop.clone(), counts.clone(), bad.clone(), closed.clone());
             std::thread::spawn(move || {
                 // SAFETY: setns with a valid namespace descriptor changes
                 // only this thread's network namespace (allowed in a
@@ -317,8 +332,12 @@ impl Prober {
                     for ip in round {
                         let (outcome, detail) = probe(SocketAddr::new(ip, 8080));
                         *counts.lock().unwrap().entry(outcome).or_default() += 1;
-                        if outcome == Outcome::Bad {
-                            bad.lock().unwrap().push(format!("{ip}: {detail}"));
+                        match outcome {
+                            Outcome::Bad => bad.lock().unwrap().push(format!("{ip}: {detail}")),
+                            Outcome::ClosedBeforeResponse => {
+                                closed.lock().unwrap().push((ip, detail));
+                            }
+                            _ => {}
                         }
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -329,17 +348,20 @@ impl Prober {
             stop,
             counts,
             bad,
+            closed,
             probing: Some(probing),
             refreshing: Some(refreshing),
         }
     }
 
-    /// Counts so far, and resets them.
-    fn take(&self) -> (BTreeMap<Outcome, u64>, Vec<String>) {
-        (
-            std::mem::take(&mut *self.counts.lock().unwrap()),
-            std::mem::take(&mut *self.bad.lock().unwrap()),
-        )
+    /// Counts so far, bad answers, and connections closed before a
+    /// response (address, detail); resets them.
+    fn take(&self) -> Seen {
+        Seen {
+            counts: std::mem::take(&mut *self.counts.lock().unwrap()),
+            bad: std::mem::take(&mut *self.bad.lock().unwrap()),
+            closed: std::mem::take(&mut *self.closed.lock().unwrap()),
+        }
     }
 }
 
@@ -394,11 +416,13 @@ fn probe(addr: SocketAddr) -> (Outcome, String) {
 
 fn report(phase: &str, counts: &BTreeMap<Outcome, u64>, took: Duration) {
     eprintln!(
-        "swarm: {phase} took {:.1} s; probes: {} x 200, {} refused, {} unreachable, {} bad",
+        "swarm: {phase} took {:.1} s; probes: {} x 200, {} refused, {} unreachable, \
+         {} closed before a response, {} bad",
         took.as_secs_f64(),
         counts.get(&Outcome::Ok200).unwrap_or(&0),
         counts.get(&Outcome::Refused).unwrap_or(&0),
         counts.get(&Outcome::Unreachable).unwrap_or(&0),
+        counts.get(&Outcome::ClosedBeforeResponse).unwrap_or(&0),
         counts.get(&Outcome::Bad).unwrap_or(&0),
     );
 }
@@ -475,8 +499,15 @@ fn swarm_stack_is_healthy_updates_without_errors_and_rolls_back_a_bad_update() {
                 .is_some_and(|n| *n >= 30)
         },
     );
-    let (counts, bad) = prober.take();
-    assert!(bad.is_empty(), "bad answers before any update: {bad:?}");
+    let Seen {
+        counts,
+        bad,
+        closed,
+    } = prober.take();
+    assert!(
+        bad.is_empty() && closed.is_empty(),
+        "bad answers before any update: {bad:?} {closed:?}"
+    );
     report("steady state", &counts, phase.elapsed());
 
     // 2. A rolling update to 0.2.0, start-first, while probing.
@@ -485,12 +516,30 @@ fn swarm_stack_is_healthy_updates_without_errors_and_rolls_back_a_bad_update() {
     stack.wait_update_state("completed", Duration::from_secs(180));
     let second = stack.wait_all_healthy_on(&v2.tag, 3, Duration::from_secs(30));
     let took = phase.elapsed();
-    let (counts, bad) = prober.take();
+    let Seen {
+        counts,
+        bad,
+        closed,
+    } = prober.take();
     report("rolling update 0.1.0 -> 0.2.0", &counts, took);
     assert!(
         bad.is_empty(),
         "during the rolling update a client saw resets or errors: {bad:?}"
     );
+    // A connection closed before any response must come from a task that
+    // was stopping: its address is not one of the tasks left running.
+    let running: BTreeSet<IpAddr> = second.iter().filter_map(|t| t.ip).collect();
+    let from_running: Vec<_> = closed
+        .iter()
+        .filter(|(ip, _)| running.contains(ip))
+        .collect();
+    assert!(
+        from_running.is_empty(),
+        "a running task closed connections without answering: {from_running:?}"
+    );
+    if !closed.is_empty() {
+        eprintln!("swarm: closed before a response, all by stopping tasks: {closed:?}");
+    }
     assert!(counts.get(&Outcome::Ok200).is_some_and(|n| *n > 0));
     let old: BTreeSet<&str> = first.iter().map(|t| t.id.as_str()).collect();
     assert!(
@@ -505,9 +554,16 @@ fn swarm_stack_is_healthy_updates_without_errors_and_rolls_back_a_bad_update() {
     stack.wait_update_state("rollback_completed", Duration::from_secs(180));
     let after = stack.wait_all_healthy_on(&v2.tag, 3, Duration::from_secs(60));
     let took = phase.elapsed();
-    let (counts, bad) = prober.take();
+    let Seen {
+        counts,
+        bad,
+        closed,
+    } = prober.take();
     report("bad update 0.2.0 -> 0.3.0 and rollback", &counts, took);
-    assert!(bad.is_empty(), "during the rollback: {bad:?}");
+    assert!(
+        bad.is_empty() && closed.is_empty(),
+        "during the rollback: {bad:?} {closed:?}"
+    );
     assert_eq!(
         counts.get(&Outcome::Refused).copied().unwrap_or(0)
             + counts.get(&Outcome::Unreachable).copied().unwrap_or(0),

@@ -89,7 +89,15 @@ pub fn run(plan: &Plan, art: &Artifacts) -> Result<Section> {
     ];
 
     match swarm_update(plan, art, &dir, &out) {
-        Ok(measured) => {
+        Ok(Swarm::Unavailable(why)) => {
+            table.row(vec![
+                "`docker service update` to healthy replicas".into(),
+                "-".into(),
+                why.clone(),
+            ]);
+            json.push(("swarm", Json::obj([("error", Json::from(why.as_str()))])));
+        }
+        Ok(Swarm::Measured(measured)) => {
             table.row(vec![
                 "image size in Docker".into(),
                 util::grouped(measured.docker_size),
@@ -155,6 +163,14 @@ fn layer_tar_bytes(bundle: u64) -> u64 {
     512 + bundle.div_ceil(512) * 512 + 512 + 1024
 }
 
+/// The Swarm part's result: numbers, or why this machine cannot give them
+/// (no Docker, or an engine already in a swarm: like the size section's
+/// image row, that is reported, not a failure).
+enum Swarm {
+    Measured(SwarmNumbers),
+    Unavailable(String),
+}
+
 /// What the Swarm part measured.
 struct SwarmNumbers {
     docker_size: u64,
@@ -201,23 +217,30 @@ impl Drop for Cleanup {
     }
 }
 
-fn swarm_update(
-    plan: &Plan,
-    art: &Artifacts,
-    dir: &Path,
-    v1_archive: &Path,
-) -> Result<SwarmNumbers> {
+fn swarm_update(plan: &Plan, art: &Artifacts, dir: &Path, v1_archive: &Path) -> Result<Swarm> {
     if !util::have("docker") {
-        bail!("not measured: docker is not installed");
+        return Ok(Swarm::Unavailable(
+            "not measured: docker is not installed".into(),
+        ));
     }
-    let state =
-        util::stdout(command("docker").args(["info", "--format", "{{.Swarm.LocalNodeState}}"]))?;
+    let state = match util::stdout(command("docker").args([
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}}",
+    ])) {
+        Ok(state) => state,
+        Err(err) => {
+            return Ok(Swarm::Unavailable(format!(
+                "not measured: no Docker engine answers ({err:#})"
+            )));
+        }
+    };
     if state.trim() != "inactive" {
-        bail!(
+        return Ok(Swarm::Unavailable(format!(
             "not measured: this Docker engine is already in a swarm ({}); the bench creates its \
              own and will not leave someone else's",
             state.trim()
-        );
+        )));
     }
     let name = format!("sydney-fleet-bench-{}", std::process::id());
     let mut cleanup = Cleanup {
@@ -313,11 +336,11 @@ fn swarm_update(
         );
     }
     drop(cleanup);
-    Ok(SwarmNumbers {
+    Ok(Swarm::Measured(SwarmNumbers {
         docker_size,
         to_healthy,
         to_completed,
-    })
+    }))
 }
 
 /// The bench's bundle packed again as another version.
