@@ -2,11 +2,15 @@
 //! Run them with `cargo xtask test`, which builds the static artifacts first.
 
 mod anywhere;
+mod deploy_files;
 mod docker;
 mod doctor;
 mod errors;
+mod fleet;
 mod hardening;
+mod image;
 mod lifecycle;
 mod mix;
 mod repro;
 mod run;
+mod swarm;

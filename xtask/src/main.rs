@@ -4,6 +4,7 @@
 mod bench;
 mod bundle;
 mod docker;
+mod image;
 mod pack;
 mod test;
 mod toolchain;
@@ -32,6 +33,7 @@ enum Task {
     Bundle(BundleArgs),
     Pack(PackArgs),
     Docker(DockerArgs),
+    Image(ImageArgs),
     Test(TestArgs),
     Bench(BenchArgs),
     WarmOrder(WarmOrderArgs),
@@ -123,13 +125,67 @@ struct PackArgs {
     stub: Option<PathBuf>,
 }
 
-/// Build the bundle, then the FROM scratch image sydney:VERSION and sydney:latest.
+/// Build the bundle, write its image with no daemon
+/// (target/bundle/sydney-image.tar) and `docker load` it as sydney:VERSION
+/// and sydney:latest.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "docker")]
+#[argh(
+    subcommand,
+    name = "docker",
+    note = "The same image as `cargo xtask image target/bundle/sydney-bundle --port 8080`; \
+            Dockerfile.scratch builds an equivalent one with `docker build`."
+)]
 struct DockerArgs {
     /// payload codec: gzip (default) or zstd
     #[argh(option, from_str_fn(parse_codec))]
     codec: Option<Codec>,
+}
+
+/// Write a container image of a bundle (an OCI image layout archive that
+/// docker load, podman load and skopeo read), with no container daemon.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "image",
+    example = "cargo xtask image target/bundle/sydney-bundle --out sydney.tar --port 8080\n\
+               docker load -i sydney.tar && docker run -p 8080:8080 sydney:0.1.0\n\
+               podman load -i sydney.tar\n\
+               skopeo copy oci-archive:sydney.tar docker://registry.example/sydney:0.1.0",
+    note = "One layer: the bundle at /app and an empty /tmp (mode 1777). Entrypoint /app, Cmd \
+            start, user 65532, Docker's HEALTHCHECK on `/app healthcheck`. The same bundle and \
+            options give the same digest: every time is SOURCE_DATE_EPOCH (else 0)."
+)]
+struct ImageArgs {
+    /// the bundle file
+    #[argh(positional)]
+    bundle: PathBuf,
+    /// output file (an OCI image layout tar)
+    #[argh(option)]
+    out: PathBuf,
+    /// image name (default: the bundle's NAME:VERSION)
+    #[argh(option)]
+    tag: Option<String>,
+    /// user to run as: a uid or uid:gid (default 65532)
+    #[argh(option)]
+    user: Option<String>,
+    /// port to expose, PORT or PORT/udp (repeatable)
+    #[argh(option)]
+    port: Vec<String>,
+    /// label in the image config, KEY=VALUE (repeatable)
+    #[argh(option)]
+    label: Vec<String>,
+    /// annotation on the manifest, KEY=VALUE (repeatable)
+    #[argh(option)]
+    annotation: Vec<String>,
+    /// org.opencontainers.image.source: where the source lives
+    #[argh(option)]
+    source: Option<String>,
+    /// org.opencontainers.image.revision: the source revision
+    #[argh(option)]
+    revision: Option<String>,
+    /// no Docker HEALTHCHECK (for bundles that serve no HTTP on $PORT)
+    #[argh(switch)]
+    no_healthcheck: bool,
 }
 
 /// Build the static bundle and stubs, then run every test against them.
@@ -253,7 +309,20 @@ fn run(task: Task) -> Result<()> {
                 &bundle::default_out(),
                 None,
             )?;
-            docker::build_image(&built.version)?;
+            docker::build_image(&built)?;
+        }
+        Task::Image(args) => {
+            let options = image::options(image::Flags {
+                tag: args.tag,
+                user: args.user,
+                ports: args.port,
+                labels: args.label,
+                annotations: args.annotation,
+                source: args.source,
+                revision: args.revision,
+                no_healthcheck: args.no_healthcheck,
+            })?;
+            image::write(&args.bundle, &options, &args.out)?;
         }
         Task::Test(args) => test::run(&args.args)?,
         Task::Bench(args) => bench::run(args.quick)?,

@@ -24,11 +24,44 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("mix", "elixir"),
     ("erl", "erlang-base"),
     ("docker", "docker.io"),
+    // The image writer's tests: other readers of the OCI archive.
+    ("podman", "podman"),
+    ("skopeo", "skopeo"),
+    ("umoci", "umoci"),
 ];
+
+/// The offline Kubernetes schema validator the deploy-file tests run
+/// (PyPI; it ships the schemas, so no cluster or network is needed when
+/// it runs). Pinned, so the schemas a test run sees do not drift.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Installs `kubernetes-validate` into a virtual environment under
+/// target/tools (once) and returns the path of its program.
+fn kubernetes_validate() -> Result<std::path::PathBuf> {
+    let venv = util::target_dir().join("tools").join("kubernetes-validate");
+    let program = venv.join("bin").join("kubernetes-validate");
+    if program.is_file() {
+        return Ok(program);
+    }
+    // Debian's python3 needs python3-venv for `python3 -m venv`.
+    if !util::output(command("python3").args(["-c", "import ensurepip"]))
+        .is_ok_and(|out| out.status.success())
+    {
+        util::ensure_packages(&["python3-venv"])?;
+    }
+    util::run(command("python3").arg("-m").arg("venv").arg(&venv))?;
+    util::run(command(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        KUBERNETES_VALIDATE,
+    ]))?;
+    Ok(program)
+}
 
 /// Builds the artifacts, then runs the tests.
 pub fn run(extra: &[String]) -> Result<()> {
     util::ensure_programs(TEST_PROGRAMS)?;
+    let kubernetes_validate = kubernetes_validate()?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
     let toolchain = Toolchain::detect()?;
     let gzip = toolchain.build_stub(Codec::Gzip)?;
@@ -41,6 +74,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("SYDNEY_TEST_RELEASE", &built.release)
         .env("SYDNEY_TEST_SERVER", &built.server)
         .env("SYDNEY_TEST_STUB_GZIP", gzip)
-        .env("SYDNEY_TEST_STUB_ZSTD", zstd);
+        .env("SYDNEY_TEST_STUB_ZSTD", zstd)
+        .env("SYDNEY_TEST_KUBERNETES_VALIDATE", kubernetes_validate);
     util::run(&mut cargo)
 }

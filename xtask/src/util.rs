@@ -108,18 +108,24 @@ pub fn ensure_programs(programs: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    ensure_packages(&missing)
+}
+
+/// Installs Debian `packages` with apt-get (as root on Debian); otherwise
+/// fails naming them.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let is_root = stdout(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0");
     if !(is_root && have("apt-get")) {
         bail!(
             "missing programs; install these Debian packages first: {}",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
-    eprintln!("note: installing Debian packages: {}", missing.join(" "));
+    eprintln!("note: installing Debian packages: {}", packages.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(())
 }

@@ -1,19 +1,22 @@
 //! `cargo xtask bench [--quick]`: how the bundle compares with running the
 //! server directly and with other ways of shipping a folder as one file.
 //!
-//! Four sections, each printed as markdown and recorded with every raw
+//! Five sections, each printed as markdown and recorded with every raw
 //! number in `target/bench/results.json`:
 //!
 //! - start-up (`startup.rs`): spawn to the first `200 Ok`;
 //! - size (`size.rs`);
 //! - large payloads (`large.rs`): packing and cold extraction vs GNU tar;
-//! - throughput (`server.rs`): wrk against sydney and nginx.
+//! - throughput (`server.rs`): wrk against sydney and nginx;
+//! - images and Swarm (`fleet.rs`): the image's size and write time, and
+//!   `docker service update` to all replicas healthy.
 //!
 //! No timing is asserted: CI runs `--quick` so the harness cannot rot, and
 //! the task fails only when a row could not be measured. Everything it
 //! writes lives in `target/bench/`; a full run also copies the charts to
 //! `docs/` for docs/BENCHMARKS.md.
 
+mod fleet;
 mod json;
 mod large;
 mod proc;
@@ -172,11 +175,12 @@ pub fn run(quick: bool) -> Result<()> {
     settle(&dir);
 
     type Step = fn(&Plan, &Artifacts) -> Result<Section>;
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("start-up", startup::run),
         ("size", |_, art| size::run(art)),
         ("large payloads", large::run),
         ("throughput", server::run),
+        ("images and swarm", fleet::run),
     ];
     let mut sections = Vec::new();
     let mut timings = Vec::new();
