@@ -161,6 +161,8 @@ impl Toolchain {
             // newer) and glibc >= 2.36 (the static fallback links its own)
             // apply them at start-up.
             "-Clink-arg=-Wl,-z,pack-relative-relocs".to_owned(),
+            // Panic locations without file, line and column: the bundle's
+            // size goal (docs/decisions/0070-no-panic-locations.md).
             "-Zlocation-detail=none".to_owned(),
         ];
         if self.target == GNU {
