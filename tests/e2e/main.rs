@@ -7,5 +7,6 @@ mod doctor;
 mod errors;
 mod lifecycle;
 mod mix;
+mod portable;
 mod repro;
 mod run;

@@ -5,7 +5,9 @@
 //! with their paths in the environment. Nothing is skipped: a test that
 //! needs something missing fails and says what.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use bundle_format::Codec;
 
 use crate::bundle;
@@ -22,11 +24,22 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("mix", "elixir"),
     ("erl", "erlang-base"),
     ("docker", "docker.io"),
+    ("nsenter", "util-linux"),
+    // Portable payloads: the static shell they carry, a musl C compiler for
+    // a musl-linked payload, debootstrap for an old-glibc root.
+    ("busybox", "busybox-static"),
+    ("musl-gcc", "musl-tools"),
+    ("debootstrap", "debootstrap"),
 ];
+
+/// A Debian bullseye root (glibc 2.31), built once and kept outside the
+/// repository: the portable tests run a release built against glibc 2.36 in it.
+const BULLSEYE_ROOT: &str = "/var/cache/sydney-bundle-tests/bullseye";
 
 /// Builds the artifacts, then runs the tests.
 pub fn run(extra: &[String]) -> Result<()> {
     util::ensure_programs(TEST_PROGRAMS)?;
+    ensure_bullseye_root()?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
     let toolchain = Toolchain::detect()?;
     let gzip = toolchain.build_stub(Codec::Gzip)?;
@@ -39,6 +52,35 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("SYDNEY_TEST_RELEASE", &built.release)
         .env("SYDNEY_TEST_SERVER", &built.server)
         .env("SYDNEY_TEST_STUB_GZIP", gzip)
-        .env("SYDNEY_TEST_STUB_ZSTD", zstd);
+        .env("SYDNEY_TEST_STUB_ZSTD", zstd)
+        .env("SYDNEY_TEST_BULLSEYE_ROOT", BULLSEYE_ROOT);
     util::run(&mut cargo)
+}
+
+/// Builds [`BULLSEYE_ROOT`] with `debootstrap --variant=minbase` (its
+/// default Debian mirror) unless it exists (a few minutes, once per machine). It
+/// is built beside its final name and renamed, so a failed run leaves no
+/// half root behind.
+fn ensure_bullseye_root() -> Result<()> {
+    let root = Path::new(BULLSEYE_ROOT);
+    if root.join("etc/debian_version").is_file() {
+        return Ok(());
+    }
+    let partial = root.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    eprintln!("note: building a Debian bullseye root in {BULLSEYE_ROOT} (once)");
+    util::run(
+        command("debootstrap")
+            .args(["--variant=minbase", "bullseye"])
+            .arg(&partial),
+    )?;
+    std::fs::rename(&partial, root)
+        .with_context(|| format!("cannot rename {} to {BULLSEYE_ROOT}", partial.display()))
 }

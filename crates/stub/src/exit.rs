@@ -50,6 +50,8 @@ pub enum Exit {
     /// The entry cannot run here (needs its tree but nothing is writable,
     /// or executing from memory is forbidden).
     CannotRun = 24,
+    /// A portable payload cannot be patched for a cache path this long.
+    PathTooLong = 25,
     /// The entry exists but could not be executed (shell convention).
     NotExecutable = 126,
     /// The entry or its interpreter was not found (shell convention).
@@ -78,6 +80,10 @@ impl Exit {
         (Exit::PermissionDenied, "permission denied"),
         (Exit::UnsafeCacheDir, "SYDNEY_BUNDLE_DIR is unsafe"),
         (Exit::CannotRun, "entry cannot run on this host"),
+        (
+            Exit::PathTooLong,
+            "cache path too long for a portable payload",
+        ),
         (Exit::NotExecutable, "entry could not be executed"),
         (Exit::NotFound, "entry or its interpreter not found"),
     ];
@@ -143,6 +149,7 @@ fn from_kind(kind: ErrorKind) -> Exit {
         ErrorKind::Unsafe => Exit::UnsafePayload,
         ErrorKind::NoSpace => Exit::DiskFull,
         ErrorKind::PermissionDenied => Exit::PermissionDenied,
+        ErrorKind::PathTooLong => Exit::PathTooLong,
         ErrorKind::Other => Exit::Failure,
     }
 }
