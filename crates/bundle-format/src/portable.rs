@@ -203,7 +203,9 @@ pub fn apply(dir: &Path, tree: &Path) -> Result<usize> {
                 patch.path, patch.offset
             ))
         };
-        let meta = fs::symlink_metadata(&path)
+        // `&Path`, not `&PathBuf`: the stub's warm path has its own
+        // `symlink_metadata::<&PathBuf>` and must keep calling that copy.
+        let meta = fs::symlink_metadata(path.as_path())
             .map_err(|err| FormatError::io("cannot open", &path, err))?;
         if !meta.is_file() || meta.len() < patch.offset + patch.len {
             return Err(corrupt("not a regular file that long"));
