@@ -506,3 +506,17 @@ fn a_portable_release_in_a_scratch_image_with_distribution_on() {
         .expect_stderr("SYDNEY_BUNDLE_DIR");
     ran.expect_one_line_error();
 }
+
+#[test]
+fn portable_packing_is_reproducible() {
+    let sandbox = Sandbox::new();
+    let mut options = pack_options("hello", "bin/hello", Codec::Gzip);
+    options.portable = Some(PortableOptions::default());
+    let (a, b) = (sandbox.join("a"), sandbox.join("b"));
+    pack(mix_release(), &options, &a);
+    pack(mix_release(), &options, &b);
+    assert!(
+        fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+        "two packs differ"
+    );
+}
