@@ -404,7 +404,7 @@ impl Report {
             let _ = writeln!(out, "{PORTABLE_RUNS_ON}");
             let _ = writeln!(
                 out,
-                "portable: carries its {carried}; nothing is needed from the host"
+                "portable: carries {carried}; nothing is needed from the host"
             );
             return out;
         }

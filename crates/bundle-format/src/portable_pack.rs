@@ -339,7 +339,7 @@ pub fn carry(
         .keys()
         .map(|libc| {
             let count = libraries.keys().filter(|(l, _)| l == libc).count();
-            format!("{} loader and {count} libraries", libc.dir())
+            format!("the {} loader and {count} libraries", libc.dir())
         })
         .collect();
     let mut build = vec![(
@@ -347,7 +347,7 @@ pub fn carry(
         format!(
             "{}{shell_note}; {} placeholders",
             if carried.is_empty() {
-                "no dynamic programs".to_owned()
+                "no loader or libraries (no dynamic programs)".to_owned()
             } else {
                 carried.join(", ")
             },
