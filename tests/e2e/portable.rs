@@ -18,13 +18,12 @@ use crate::mix::mix_release;
 
 const START: Duration = Duration::from_secs(60);
 
-/// The mix release packed with `--portable`, once per test run.
+/// The mix release packed with `--portable`, once per test run, beside the
+/// release in the run's mix work directory.
 fn portable_bundle() -> &'static PathBuf {
     static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
     BUNDLE.get_or_init(|| {
-        let dir = root().join("target/e2e-tmp");
-        fs::create_dir_all(&dir).unwrap();
-        let out = dir.join(format!("hello-portable-{}", std::process::id()));
+        let out = mix_release().with_file_name("hello-portable");
         let mut options = pack_options("hello", "bin/hello", Codec::Gzip);
         options.version = "0.1.0".to_owned();
         options.args = vec!["start".to_owned()];
