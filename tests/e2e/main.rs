@@ -11,6 +11,7 @@ mod hardening;
 mod image;
 mod lifecycle;
 mod mix;
+mod portable;
 mod repro;
 mod run;
 mod swarm;

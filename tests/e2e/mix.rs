@@ -55,7 +55,7 @@ end
 "#;
 
 /// Builds the release once per test run: `_build/prod/rel/hello`.
-fn mix_release() -> &'static PathBuf {
+pub(crate) fn mix_release() -> &'static PathBuf {
     static RELEASE: OnceLock<PathBuf> = OnceLock::new();
     RELEASE.get_or_init(|| {
         require_program("mix", "elixir");

@@ -577,6 +577,7 @@ pub fn pack_options(name: &str, entry: &str, codec: Codec) -> PackOptions {
         default_cache_dir: None,
         mtime: 0,
         build: Vec::new(),
+        portable: None,
     }
 }
 

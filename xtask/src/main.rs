@@ -18,6 +18,7 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 use bundle_format::Codec;
 use bundle_format::pack::PackOptions;
+use bundle_format::portable_pack::PortableOptions;
 
 /// sydney-bundle project tasks.
 #[derive(FromArgs, Debug)]
@@ -123,6 +124,15 @@ struct PackArgs {
     /// stub executable to use (default: this workspace's, built if needed)
     #[argh(option)]
     stub: Option<PathBuf>,
+    /// carry the ELF loader, shared libraries and a static shell the
+    /// folder's programs need from this machine, so the bundle runs in FROM
+    /// scratch, on musl hosts and on any glibc
+    #[argh(switch)]
+    portable: bool,
+    /// with --portable: the static shell for #!/bin/sh scripts (default
+    /// /bin/busybox, from busybox-static)
+    #[argh(option)]
+    shell: Option<PathBuf>,
 }
 
 /// Build the bundle, write its image with no daemon
@@ -281,6 +291,9 @@ fn run(task: Task) -> Result<()> {
                 Some(path) => pack::StubSource::File(path),
                 None => pack::StubSource::Workspace,
             };
+            if !args.portable && args.shell.is_some() {
+                bail!("--shell only applies with --portable; add --portable");
+            }
             let stub = pack::stub_bytes(&source, codec)?;
             let options = PackOptions {
                 name: args.name,
@@ -299,6 +312,9 @@ fn run(task: Task) -> Result<()> {
                         env!("CARGO_PKG_VERSION")
                     ),
                 )],
+                portable: args
+                    .portable
+                    .then_some(PortableOptions { shell: args.shell }),
             };
             let report = pack::pack(&args.dir, &stub, &options, &args.out)?;
             pack::print_summary(&args.out, &report);

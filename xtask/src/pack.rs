@@ -64,8 +64,9 @@ pub fn level(codec: Codec, asked: Option<u32>, dir: &Path) -> Result<u32> {
 /// Packs `dir` into `out`, printing doctor warnings and (on a terminal, for
 /// big folders) progress.
 pub fn pack(dir: &Path, stub: &[u8], options: &PackOptions, out: &Path) -> Result<PackReport> {
-    let report = doctor(dir)?;
-    warn_about_hosts(&report);
+    if options.portable.is_none() {
+        warn_about_hosts(&doctor(dir)?);
+    }
     let show_progress = std::io::stderr().is_terminal();
     let mut last = Instant::now();
     let mut shown = false;
@@ -120,7 +121,10 @@ fn warn_about_hosts(report: &Report) {
     for verdict in verdicts.iter().filter(|v| !v.runs || v.host == Host::Glibc) {
         eprintln!("  {verdict}");
     }
-    eprintln!("  (run the bundle's `inspect --doctor` for the details per file)");
+    eprintln!(
+        "  (run the bundle's `inspect --doctor` for the details per file); \
+         pack with --portable to carry them"
+    );
 }
 
 /// Prints what a pack produced.

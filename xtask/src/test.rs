@@ -7,7 +7,9 @@
 //! environment. Nothing is skipped: a test that needs something missing
 //! fails and says what.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use bundle_format::Codec;
 
 use crate::bundle;
@@ -28,7 +30,17 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("skopeo", "skopeo"),
     ("umoci", "umoci"),
+    ("nsenter", "util-linux"),
+    // Portable payloads: the static shell they carry, a musl C compiler for
+    // a musl-linked payload, debootstrap for an old-glibc root.
+    ("busybox", "busybox-static"),
+    ("musl-gcc", "musl-tools"),
+    ("debootstrap", "debootstrap"),
 ];
+
+/// A Debian bullseye root (glibc 2.31), built once and kept outside the
+/// repository: the portable tests run a release built against glibc 2.36 in it.
+const BULLSEYE_ROOT: &str = "/var/cache/sydney-bundle-tests/bullseye";
 
 /// The offline Kubernetes schema validator the deploy-file tests run
 /// (PyPI; it ships the schemas, so no cluster or network is needed when
@@ -61,6 +73,7 @@ fn kubernetes_validate() -> Result<std::path::PathBuf> {
 /// Builds the artifacts, then runs the tests.
 pub fn run(extra: &[String]) -> Result<()> {
     util::ensure_programs(TEST_PROGRAMS)?;
+    ensure_bullseye_root()?;
     let kubernetes_validate = kubernetes_validate()?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
     let toolchain = Toolchain::detect()?;
@@ -75,6 +88,35 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("SYDNEY_TEST_SERVER", &built.server)
         .env("SYDNEY_TEST_STUB_GZIP", gzip)
         .env("SYDNEY_TEST_STUB_ZSTD", zstd)
-        .env("SYDNEY_TEST_KUBERNETES_VALIDATE", kubernetes_validate);
+        .env("SYDNEY_TEST_KUBERNETES_VALIDATE", kubernetes_validate)
+        .env("SYDNEY_TEST_BULLSEYE_ROOT", BULLSEYE_ROOT);
     util::run(&mut cargo)
+}
+
+/// Builds [`BULLSEYE_ROOT`] with `debootstrap --variant=minbase` (its
+/// default Debian mirror) unless it exists (a few minutes, once per machine). It
+/// is built beside its final name and renamed, so a failed run leaves no
+/// half root behind.
+fn ensure_bullseye_root() -> Result<()> {
+    let root = Path::new(BULLSEYE_ROOT);
+    if root.join("etc/debian_version").is_file() {
+        return Ok(());
+    }
+    let partial = root.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    eprintln!("note: building a Debian bullseye root in {BULLSEYE_ROOT} (once)");
+    util::run(
+        command("debootstrap")
+            .args(["--variant=minbase", "bullseye"])
+            .arg(&partial),
+    )?;
+    std::fs::rename(&partial, root)
+        .with_context(|| format!("cannot rename {} to {BULLSEYE_ROOT}", partial.display()))
 }

@@ -187,7 +187,13 @@ pub struct Report {
     pub files: BTreeMap<String, Needs>,
     /// File names present in the payload (to spot bundled libraries).
     pub names: BTreeSet<String>,
+    /// Set for a portable payload (`pack --portable`): what it carries. Its
+    /// programs then need nothing from any host.
+    pub portable: Option<String>,
 }
+
+/// The doctor's line for a portable payload.
+pub const PORTABLE_RUNS_ON: &str = "runs on: FROM scratch, musl hosts, glibc hosts (any version)";
 
 impl Report {
     /// Records a payload file. `head` is at least its first bytes; for ELF
@@ -260,6 +266,12 @@ impl Report {
 
     /// The verdicts, one line per kind of host.
     pub fn verdicts(&self) -> Vec<Verdict> {
+        if self.portable.is_some() {
+            return [Host::Scratch, Host::Alpine, Host::Glibc]
+                .into_iter()
+                .map(|host| Verdict::new(host, Vec::new()))
+                .collect();
+        }
         let elves: Vec<_> = self.elves().collect();
         let glibc_files: Vec<&str> = elves
             .iter()
@@ -369,7 +381,9 @@ impl Report {
                     } else {
                         format!(
                             "ELF, dynamic, loader {}",
-                            f.interpreter.as_deref().unwrap_or("(none: shared library)")
+                            f.interpreter
+                                .as_deref()
+                                .map_or("(none: shared library)", carried)
                         )
                     };
                     let _ = writeln!(out, "{path}: {kind}");
@@ -381,11 +395,19 @@ impl Report {
                     }
                 }
                 Needs::Script { interpreter } => {
-                    let _ = writeln!(out, "{path}: script, #!{interpreter}");
+                    let _ = writeln!(out, "{path}: script, #!{}", carried(interpreter));
                 }
             }
         }
         out.push('\n');
+        if let Some(carried) = &self.portable {
+            let _ = writeln!(out, "{PORTABLE_RUNS_ON}");
+            let _ = writeln!(
+                out,
+                "portable: carries {carried}; nothing is needed from the host"
+            );
+            return out;
+        }
         for verdict in self.verdicts() {
             let _ = writeln!(out, "{verdict}");
         }
@@ -438,6 +460,19 @@ impl std::fmt::Display for Verdict {
             (true, false) => write!(f, "{host}: ok with {}", self.needs.join(", ")),
             (false, _) => write!(f, "{host}: needs {}", self.needs.join("; ")),
         }
+    }
+}
+
+/// A portable payload's placeholder (`/XXX...`, see [`crate::portable`])
+/// is shown as what it becomes.
+fn carried(path: &str) -> &str {
+    let placeholder = path
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.len() > 64 && rest.bytes().all(|b| b == b'X'));
+    if placeholder {
+        "(carried in the payload; path set at extraction)"
+    } else {
+        path
     }
 }
 

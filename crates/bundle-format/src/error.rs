@@ -105,6 +105,21 @@ pub enum FormatError {
         reason: String,
     },
 
+    /// A portable payload's placeholders are too short for the path the
+    /// tree is extracted to.
+    #[error(
+        "the cache path {path} is too long for this portable payload ({len} bytes, at most \
+         {max}); set SYDNEY_BUNDLE_DIR to a shorter directory"
+    )]
+    PathTooLong {
+        /// The tree's final path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest tree path the placeholders hold.
+        max: usize,
+    },
+
     /// An I/O error on a named path. (The cause is the error's `source`,
     /// printed by reporters that walk the chain.)
     #[error("{action} {path}")]
@@ -138,6 +153,8 @@ pub enum ErrorKind {
     NoSpace,
     /// Permission denied or read-only file system.
     PermissionDenied,
+    /// The extraction path does not fit a portable payload's placeholders.
+    PathTooLong,
     /// Anything else (I/O, packing input errors, missing codec).
     Other,
 }
@@ -164,6 +181,7 @@ impl FormatError {
             | FormatError::InvalidMetadata { .. }
             | FormatError::CorruptPayload(_) => ErrorKind::Corrupt,
             FormatError::UnsafeEntry { .. } => ErrorKind::Unsafe,
+            FormatError::PathTooLong { .. } => ErrorKind::PathTooLong,
             FormatError::Io { source, .. } => io_kind(source),
             FormatError::CodecUnavailable(_) | FormatError::Unpackable { .. } => ErrorKind::Other,
         }

@@ -21,6 +21,9 @@ pub mod manifest;
 #[cfg(feature = "pack")]
 pub mod pack;
 pub mod paths;
+pub mod portable;
+#[cfg(feature = "pack")]
+pub mod portable_pack;
 mod readahead;
 pub mod text;
 pub mod unpack;

@@ -46,6 +46,9 @@ pub struct PackOptions {
     pub mtime: u64,
     /// Build facts recorded in the manifest; sorted by key on write.
     pub build: Vec<(String, String)>,
+    /// Carry the loader, shared libraries and shell the folder's programs
+    /// need from this machine (`--portable`); `None` packs the folder as it is.
+    pub portable: Option<crate::portable_pack::PortableOptions>,
 }
 
 /// The build fact (manifest `build`) that records the compression level
@@ -91,6 +94,9 @@ pub struct SourceEntry {
     pub size: u64,
     /// Target of a symlink.
     pub link: Option<String>,
+    /// Contents that replace the file at `path` (a program rewritten by
+    /// `--portable`), or of a file that exists only in the payload.
+    pub contents: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Walks `dir` in sorted order and checks that everything in it can be
@@ -146,6 +152,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<()> {
                 mode: 0o755,
                 size: 0,
                 link: None,
+                contents: None,
             });
             walk(&path, &format!("{rel}/"), out)?;
         } else if file_type.is_file() {
@@ -156,6 +163,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<()> {
                 mode: if exec { 0o755 } else { 0o644 },
                 size: meta.size(),
                 link: None,
+                contents: None,
             });
         } else if file_type.is_symlink() {
             let target = fs::read_link(&path)
@@ -176,6 +184,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<()> {
                 mode: 0o777,
                 size: 0,
                 link: Some(target),
+                contents: None,
             });
         } else {
             return Err(unpackable(
@@ -318,8 +327,16 @@ pub fn pack(
             )));
         }
     }
-    let entries = scan(dir)?;
+    let mut entries = scan(dir)?;
     check_entry(dir, &opts.entry, &entries)?;
+    // The packer's own record of the level wins over a caller's.
+    let mut build: Vec<_> = (opts.build.iter())
+        .filter(|(key, _)| key != LEVEL_BUILD_KEY)
+        .cloned()
+        .collect();
+    if let Some(portable) = &opts.portable {
+        build.extend(crate::portable_pack::carry(dir, &mut entries, portable)?);
+    }
 
     let write_err = |err: io::Error| FormatError::io("cannot write", "the output file", err);
     let mut sink = BufWriter::with_capacity(1 << 20, &mut *out);
@@ -353,11 +370,6 @@ pub fn pack(
     let (mut sink, payload_len, payload_sha256) = hashed.finish();
 
     let index_bytes = index.encode();
-    // The packer's own record of the level wins over a caller's.
-    let mut build: Vec<_> = (opts.build.iter())
-        .filter(|(key, _)| key != LEVEL_BUILD_KEY)
-        .cloned()
-        .collect();
     build.push((LEVEL_BUILD_KEY.to_owned(), level.to_string()));
     build.sort();
     let manifest = Manifest {
@@ -436,10 +448,15 @@ fn append<W: Write>(
         EntryKind::File => {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(entry.size);
-            let file = File::open(&entry.path)
-                .map_err(|err| FormatError::io("cannot open", &entry.path, err))?;
+            let source: Box<dyn Read> = match &entry.contents {
+                Some(contents) => Box::new(io::Cursor::new(contents.clone())),
+                None => Box::new(
+                    File::open(&entry.path)
+                        .map_err(|err| FormatError::io("cannot open", &entry.path, err))?,
+                ),
+            };
             let mut reader = HashingReader {
-                inner: file.take(entry.size),
+                inner: source.take(entry.size),
                 hasher: Sha256::new(),
                 count: 0,
                 error: None,

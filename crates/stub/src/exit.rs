@@ -56,6 +56,8 @@ pub enum Exit {
     /// The entry cannot run here (needs its tree but nothing is writable,
     /// or executing from memory is forbidden).
     CannotRun = 24,
+    /// A portable payload cannot be patched for a cache path this long.
+    PathTooLong = 25,
     /// The entry exists but could not be executed (shell convention).
     NotExecutable = 126,
     /// The entry or its interpreter was not found (shell convention).
@@ -93,6 +95,10 @@ impl Exit {
         (Exit::PermissionDenied, "permission denied"),
         (Exit::UnsafeCacheDir, "cache or state directory is unsafe"),
         (Exit::CannotRun, "entry cannot run on this host"),
+        (
+            Exit::PathTooLong,
+            "cache path too long for a portable payload",
+        ),
         (Exit::NotExecutable, "entry could not be executed"),
         (Exit::NotFound, "entry or its interpreter not found"),
     ];
@@ -158,6 +164,7 @@ fn from_kind(kind: ErrorKind) -> Exit {
         ErrorKind::Unsafe => Exit::UnsafePayload,
         ErrorKind::NoSpace => Exit::DiskFull,
         ErrorKind::PermissionDenied => Exit::PermissionDenied,
+        ErrorKind::PathTooLong => Exit::PathTooLong,
         ErrorKind::Other => Exit::Failure,
     }
 }

@@ -15,6 +15,7 @@ mod init;
 mod launch;
 mod lifecycle;
 mod maint;
+mod portable;
 mod selfexe;
 mod sys;
 mod tree;
@@ -184,6 +185,7 @@ fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyho
         Ok(ready) => ready,
         Err(err) => return err,
     };
+    portable::before_entry(bundle, &prepared);
     // Not recorded in the pidfile: a foreground instance belongs to whoever
     // started it (a shell, systemd, docker). Recording it would cost a
     // synchronous rename on every start (ext4 flushes replaced files).
@@ -196,6 +198,7 @@ fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyho
 fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
     let prepared = launch::prepare(bundle)?;
     let (argv, bundle_env) = launch::command_line(bundle, &prepared, true, user_args)?;
+    portable::before_entry(bundle, &prepared);
     let pid = lifecycle::daemon(bundle, &prepared, &argv, &bundle_env)?;
     let state = lifecycle::state_dir(bundle, &prepared.decision)?;
     println!(

@@ -1,6 +1,6 @@
 //! Maintenance commands: `inspect`, `verify`, `extract`, `clean`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bundle_format::doctor::Report;
+use bundle_format::portable::{self, Patch};
 use bundle_format::text::{hex, thousands};
 use bundle_format::{Bundle, EntryKind, IndexEntry};
 use sha2::{Digest, Sha256};
@@ -151,7 +152,13 @@ fn describe_entry(entry: &IndexEntry) -> String {
 /// executable script.
 pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
     bundle.verify_payload()?;
-    let mut report = Report::default();
+    let mut report = Report {
+        portable: bundle
+            .manifest()
+            .build_value(portable::BUILD_KEY)
+            .map(str::to_owned),
+        ..Report::default()
+    };
     let mut archive = tar::Archive::new(bundle.tar_stream()?);
     for item in archive.entries().context("cannot read the payload")? {
         let mut item = item.context("cannot read the payload")?;
@@ -191,7 +198,8 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
                 "no extracted tree here to compare (it is created by `start`, `daemon` or `exec`)",
             )
         })?;
-    let mut problems = compare_tree(&tree, &index.entries)?;
+    let patches = portable_patches(bundle, &tree)?;
+    let mut problems = compare_tree(&tree, &index.entries, &patches)?;
     if !marker_matches(&tree, bundle) {
         problems.push(format!(
             "marker: {} is missing or does not name this bundle",
@@ -246,8 +254,28 @@ fn marker_matches(tree: &Path, bundle: &Bundle<'_>) -> bool {
     text == expected
 }
 
-/// Lists `missing:`, `changed:` and `extra:` lines for `tree`.
-fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
+/// A portable tree's placeholders, by file (empty for other bundles).
+fn portable_patches(bundle: &Bundle<'_>, tree: &Path) -> Result<HashMap<String, Vec<Patch>>> {
+    let mut by_file: HashMap<String, Vec<Patch>> = HashMap::new();
+    if bundle.manifest().build_value(portable::BUILD_KEY).is_none() {
+        return Ok(by_file);
+    }
+    for patch in portable::read_list(tree)? {
+        by_file.entry(patch.path.clone()).or_default().push(patch);
+    }
+    Ok(by_file)
+}
+
+/// Lists `missing:`, `changed:` and `extra:` lines for `tree`. A file with
+/// portable placeholders must hold this tree's path in each of them and
+/// match the index everywhere else.
+fn compare_tree(
+    tree: &Path,
+    entries: &[IndexEntry],
+    patches: &HashMap<String, Vec<Patch>>,
+) -> Result<Vec<String>> {
+    let absolute =
+        std::path::absolute(tree).with_context(|| format!("cannot resolve {}", tree.display()))?;
     let mut problems = Vec::new();
     let mut known: HashSet<PathBuf> = HashSet::new();
     for entry in entries {
@@ -274,11 +302,28 @@ fn compare_tree(tree: &Path, entries: &[IndexEntry]) -> Result<Vec<String>> {
             {
                 Some("exec bit differs")
             }
-            EntryKind::File => {
-                let digest = sha256_file(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                (digest != entry.sha256).then_some("content differs")
-            }
+            EntryKind::File => match patches.get(&entry.path) {
+                Some(list) => {
+                    let mut bytes = fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let list: Vec<&Patch> = list.iter().collect();
+                    match portable::restore(&list, &absolute, &mut bytes) {
+                        Ok(()) => {
+                            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                            (digest != entry.sha256).then_some("content differs")
+                        }
+                        Err(why) => {
+                            problems.push(format!("changed: {} ({why})", entry.path));
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    let digest = sha256_file(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    (digest != entry.sha256).then_some("content differs")
+                }
+            },
         };
         if let Some(why) = changed {
             problems.push(format!("changed: {} ({why})", entry.path));
@@ -358,7 +403,11 @@ pub fn extract(bundle: &Bundle<'_>, dir: &Path) -> Result<String> {
     tree::check_room(bundle, parent)
         .with_context(|| format!("cannot extract into {}", dir.display()))?;
     fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-    let stats = match bundle.unpack_verified(&temp) {
+    // A portable payload's placeholders get DIR's path: the copy runs there.
+    let unpacked = bundle
+        .unpack_verified(&temp)
+        .and_then(|stats| tree::patch_portable(bundle, &temp, dir).map(|()| stats));
+    let stats = match unpacked {
         Ok(stats) => stats,
         Err(err) => {
             tree::remove_tree(&temp);

@@ -95,7 +95,8 @@ pub fn extract(bundle: &Bundle<'_>, root: &Path) -> Result<Extracted, FormatErro
     let (temp, temp_lock) = make_temp_dir(root, &name)?;
     let result = bundle
         .unpack_verified(&temp)
-        .and_then(|_| write_marker(bundle, &temp));
+        .and_then(|_| write_marker(bundle, &temp))
+        .and_then(|()| patch_portable(bundle, &temp, &final_path));
     if let Err(err) = result {
         remove_tree(&temp);
         return Err(err);
@@ -191,6 +192,25 @@ fn make_temp_dir(root: &Path, tree: &str) -> Result<(PathBuf, File), FormatError
         root,
         io::Error::new(io::ErrorKind::AlreadyExists, "too many leftovers"),
     ))
+}
+
+/// A portable payload's placeholders get the tree's final, absolute path
+/// (bundle_format::portable), before the rename makes the tree visible.
+pub fn patch_portable(
+    bundle: &Bundle<'_>,
+    temp: &Path,
+    final_path: &Path,
+) -> Result<(), FormatError> {
+    if bundle
+        .manifest()
+        .build_value(bundle_format::portable::BUILD_KEY)
+        .is_none()
+    {
+        return Ok(());
+    }
+    let absolute = std::path::absolute(final_path)
+        .map_err(|err| FormatError::io("cannot resolve", final_path, err))?;
+    bundle_format::portable::apply(temp, &absolute).map(drop)
 }
 
 /// The marker names the bundle (for housekeeping) and records the digest.
