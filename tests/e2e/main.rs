@@ -9,3 +9,4 @@ mod lifecycle;
 mod mix;
 mod repro;
 mod run;
+mod sydney_pack;

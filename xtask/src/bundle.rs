@@ -77,6 +77,7 @@ pub fn bundle_for(
         default_cache_dir: None,
         mtime: util::source_date_epoch()?,
         build: build_metadata(&toolchain)?,
+        env: Vec::new(),
     };
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent)?;

@@ -23,6 +23,7 @@ fn options(codec: Codec) -> PackOptions {
         default_cache_dir: None,
         mtime: 0,
         build: vec![("packer".into(), "test".into())],
+        env: Vec::new(),
     }
 }
 

@@ -17,7 +17,7 @@ use argh::FromArgs;
             SYDNEY_BUNDLE_DIR        cache root to extract into (an error if unusable)\n  \
             SYDNEY_BUNDLE_STATE_DIR  where pidfile, lock and log live (default: <cache root>/state/<name>)\n  \
             SYDNEY_BUNDLE_INIT=0     as PID 1, exec the entry instead of staying as a minimal init\n\
-            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME and BUNDLE_VERSION.\n\
+            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME, BUNDLE_VERSION and the packed environment defaults.\n\
             See docs/EXIT_CODES.md for every exit code; the common ones are listed below.",
     error_code(1, "failure not listed here"),
     error_code(2, "bad command line"),

@@ -335,6 +335,7 @@ fn prepare(dir: &Path) -> Result<Artifacts> {
         default_cache_dir: manifest.default_cache_dir,
         mtime: util::source_date_epoch()?,
         build: manifest.build,
+        env: manifest.env,
     };
     let bundle_zstd = dir.join("sydney-bundle-zstd");
     let stub = fs::read(&stub_zstd)?;

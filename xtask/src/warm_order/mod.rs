@@ -282,6 +282,7 @@ fn profile_warm_start(work: &Path, stub: &Path) -> Result<BTreeSet<String>> {
         default_cache_dir: None,
         mtime: 0,
         build: Vec::new(),
+        env: Vec::new(),
     };
     crate::pack::pack(&release, &fs::read(stub)?, &options, &bundle)?;
 
