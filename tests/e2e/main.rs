@@ -7,6 +7,7 @@ mod doctor;
 mod errors;
 mod lifecycle;
 mod mix;
+mod mix_step;
 mod repro;
 mod run;
 mod sydney_pack;
