@@ -8,6 +8,7 @@ mod errors;
 mod lifecycle;
 mod mix;
 mod mix_step;
+mod pack_dockerfile;
 mod repro;
 mod run;
 mod sydney_pack;
