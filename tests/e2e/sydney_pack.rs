@@ -45,7 +45,9 @@ fn sydney_pack_alone_in_an_empty_root_packs_a_mix_release() {
         Command::new("chroot")
             .arg(&root)
             .args(["/sydney-pack", "/rel", "--out", "/hello"])
-            .env_clear(),
+            .env_clear()
+            // Only for finding chroot here; inside, nothing is looked up.
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         Duration::from_secs(300),
     );
     ran.expect_success()
