@@ -84,6 +84,21 @@ fn mix_release_with_the_step_gives_one_file_that_serves() {
     );
     assert_eq!(server.get("/"), (200, "Ok".to_owned()));
 
+    // The task packs an assembled release again, without `mix release`.
+    drop(server);
+    fs::remove_file(&bundle).unwrap();
+    run_timeout(
+        mix(sandbox.path(), &["sydney_bundle.pack"])
+            .current_dir(&project)
+            .env("PATH", &path_with_tool),
+        Duration::from_secs(300),
+    )
+    .expect_success();
+    assert_eq!(Sandbox::list(&bundle_dir), ["hello"]);
+    run(sandbox.command(&bundle).arg("version"))
+        .expect_success()
+        .expect_stdout("hello 0.1.0");
+
     // The task documents itself.
     run_timeout(
         mix(sandbox.path(), &["help", "sydney_bundle.pack"]).current_dir(&project),
