@@ -362,6 +362,12 @@ fn each_bad_input_has_its_error_and_exit_code() {
             true,
         ),
         (
+            vec!["--codec", "zstd"],
+            2,
+            "name the release folder to pack",
+            true,
+        ),
+        (
             vec![plain],
             3,
             "is not a release: no releases/start_erl.data",
@@ -409,6 +415,9 @@ fn each_bad_input_has_its_error_and_exit_code() {
             true,
         ),
     ];
+    // Nothing at all: the help, as a usage error.
+    let bare = run(&mut sandbox.command(sydney_pack()));
+    bare.expect_code(2).expect_stdout("Usage: sydney-pack");
     let before = Sandbox::list(sandbox.path());
     for (args, code, needle, ours) in cases {
         let ran = run(sandbox.command(sydney_pack()).args(&args));

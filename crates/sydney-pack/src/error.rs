@@ -81,3 +81,35 @@ impl Error {
 
 /// Shorthand for this crate's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn packing_errors_are_the_output_s_or_the_folder_s() {
+        let out = Path::new("/o/app");
+        let io = |action, kind| FormatError::io(action, "/x", io::Error::from(kind));
+        for action in [
+            "cannot create",
+            "cannot write",
+            "cannot chmod",
+            "cannot rename into",
+        ] {
+            let err = Error::from_pack(io(action, io::ErrorKind::StorageFull), out);
+            assert!(matches!(err, Error::Output { .. }), "{action}: {err}");
+        }
+        for action in [
+            "cannot open",
+            "cannot read",
+            "cannot stat",
+            "cannot read folder",
+        ] {
+            let err = Error::from_pack(io(action, io::ErrorKind::NotFound), out);
+            assert!(matches!(err, Error::Input(_)), "{action}: {err}");
+        }
+    }
+}

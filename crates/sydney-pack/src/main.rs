@@ -60,11 +60,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Pack(args)) => pack(*args),
-        None if cli.pack.dir.is_some() => pack(cli.pack),
-        None => {
+        // Bare `sydney-pack`: the help. Flags without a folder: pack
+        // says which folder is missing.
+        None if std::env::args_os().len() <= 1 => {
             let _ = Cli::command().print_help();
             return ExitCode::from(Exit::Usage as u8);
         }
+        None => pack(cli.pack),
         Some(Command::Doctor { dir }) => sydney_pack::doctor(&dir).map(|report| {
             print!("{}", report.render());
         }),
