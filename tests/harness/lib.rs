@@ -328,8 +328,9 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn(command).unwrap_or_else(|err| panic!("cannot run {line}: {err}"));
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
+    let (done_tx, done_rx) = mpsc::channel();
+    let stdout = drain(child.stdout.take().unwrap(), done_tx.clone());
+    let stderr = drain(child.stderr.take().unwrap(), done_tx);
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -345,8 +346,16 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Let the reader threads see end of file.
-    std::thread::sleep(Duration::from_millis(20));
+    // Wait for the reader threads to reach end of file, boundedly: a
+    // process the command left running (a daemon) may hold the pipes open.
+    // (A fixed short sleep lost output on a loaded machine.)
+    let readers_deadline = Instant::now() + Duration::from_secs(5);
+    for _ in 0..2 {
+        let left = readers_deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     let output = Output {
         status,
         stdout: stdout.lock().unwrap().clone(),
@@ -355,7 +364,9 @@ pub fn run_timeout(command: &mut Command, timeout: Duration) -> Ran {
     Ran { line, output }
 }
 
-fn drain(mut reader: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+/// Reads `reader` to its end on a thread into the returned buffer, then
+/// sends on `done`.
+fn drain(mut reader: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Arc<Mutex<Vec<u8>>> {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let sink = buffer.clone();
     std::thread::spawn(move || {
@@ -366,6 +377,7 @@ fn drain(mut reader: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
             }
             sink.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
+        let _ = done.send(());
     });
     buffer
 }
