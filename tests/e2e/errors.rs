@@ -130,12 +130,12 @@ fn unknown_format_version_and_appended_bytes_are_named() {
     let bytes = fs::read(&artifacts().bundle).unwrap();
     let len = bytes.len();
     let mut newer = bytes.clone();
-    newer[len - 12] = 2; // format_version, just before the end magic
+    newer[len - 12] = 3; // format_version, just before the end magic
     expect_rejected(
-        "version 2",
+        "version 3",
         &newer,
         13,
-        "unsupported bundle format version 2",
+        "unsupported bundle format version 3",
     );
     let mut appended = bytes.clone();
     appended.extend_from_slice(b"junk after the bundle");
@@ -163,6 +163,7 @@ fn hostile_bundle(tar: &[u8]) -> Vec<u8> {
         default_cache_dir: None,
         index_sha256: [0; 32],
         build: vec![],
+        env: vec![],
     };
     assemble(&stub(Codec::Gzip), &payload, &manifest, &Index::default())
 }

@@ -184,6 +184,7 @@ fn forged_bundle(codec: Codec, tar: &[u8], lie: impl FnOnce(&mut Manifest)) -> V
         default_cache_dir: None,
         index_sha256: [0; 32],
         build: vec![],
+        env: vec![],
     };
     lie(&mut manifest);
     assemble(&stub(codec), &payload, &manifest, &Index::default())

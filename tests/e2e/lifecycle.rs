@@ -178,9 +178,15 @@ fn garbage_and_stale_pidfiles_are_detected_and_never_signalled() {
 fn stop_escalates_to_sigkill_after_the_timeout() {
     let sandbox = Sandbox::new();
     let release = sandbox.join("release");
+    // It says when SIGTERM is ignored: stopping it before that would test
+    // nothing (and a loaded machine can take a while to get there).
+    let ready = sandbox.join("trap-set");
     write_exec(
         &release.join("bin/stubborn"),
-        "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n",
+        &format!(
+            "#!/bin/sh\ntrap '' TERM\n: > {}\nwhile :; do sleep 0.05; done\n",
+            ready.display()
+        ),
     );
     let bundle = sandbox.join("stubborn");
     pack(
@@ -189,6 +195,7 @@ fn stop_escalates_to_sigkill_after_the_timeout() {
         &bundle,
     );
     run(sandbox.command(&bundle).arg("daemon")).expect_success();
+    eventually(Duration::from_secs(30), "the trap", || ready.exists());
     let started = Instant::now();
     run(sandbox.command(&bundle).args(["stop", "--timeout", "1"]))
         .expect_success()

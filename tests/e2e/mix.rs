@@ -2,7 +2,7 @@
 //! the doctor. Needs Elixir (Debian's `elixir` package; .ci/run installs it).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,8 +11,10 @@ use e2e::bundle_format::Codec;
 use e2e::*;
 
 /// A tiny Elixir app that answers every HTTP request with `Ok`, using only
-/// OTP's :gen_tcp (hex.pm is not reachable here, so no Plug).
-const APPLICATION: &str = r#"
+/// OTP's :gen_tcp (hex.pm is not reachable here, so no Plug). It says when
+/// it stops cleanly (the application's `stop/1` runs only on an orderly
+/// shutdown).
+pub(crate) const APPLICATION: &str = r#"
 defmodule Hello.Application do
   use Application
 
@@ -21,6 +23,11 @@ defmodule Hello.Application do
     port = String.to_integer(System.get_env("PORT") || "4000")
     children = [{Task, fn -> Hello.serve(port) end}]
     Supervisor.start_link(children, strategy: :one_for_one, name: Hello.Supervisor)
+  end
+
+  @impl true
+  def stop(_state) do
+    IO.puts(:stderr, "hello: stopped cleanly")
   end
 end
 
@@ -54,12 +61,73 @@ defmodule Hello do
 end
 "#;
 
+/// A runtime configuration: with one, a release's `start` writes the
+/// merged config into `RELEASE_TMP` before it boots.
+pub(crate) const RUNTIME_CONFIG: &str = "import Config\nconfig :hello, started_by: :runtime\n";
+
+/// A `mix` command for the project in `work` (`MIX_ENV=prod`, a private
+/// HOME and MIX_HOME: nothing from the machine's user).
+pub(crate) fn mix(work: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("mix");
+    command
+        .args(args)
+        .current_dir(work)
+        .env("MIX_ENV", "prod")
+        .env("HOME", work)
+        .env("MIX_HOME", work.join(".mix"));
+    command
+}
+
+/// The project file: `deps` and `release` are Elixir keyword-list items
+/// (empty, or ending with a comma). The release reboots after reading its
+/// runtime config, so `start` writes that config into `RELEASE_TMP` (without
+/// a reboot, Elixir 1.14 reads it in place).
+pub(crate) fn mix_exs(deps: &str, release: &str) -> String {
+    format!(
+        r#"defmodule Hello.MixProject do
+  use Mix.Project
+
+  def project do
+    [
+      app: :hello,
+      version: "0.1.0",
+      elixir: "~> 1.14",
+      start_permanent: Mix.env() == :prod,
+      deps: [{deps}],
+      releases: [hello: [{release} reboot_system_after_config: true]]
+    ]
+  end
+
+  def application do
+    [extra_applications: [:logger], mod: {{Hello.Application, []}}]
+  end
+end
+"#
+    )
+}
+
+/// `mix new hello --sup` in `work`, with the app above, [`mix_exs`] and a
+/// runtime config; returns the project folder.
+pub(crate) fn new_project(work: &Path) -> PathBuf {
+    require_program("mix", "elixir");
+    run_timeout(
+        &mut mix(work, &["new", "hello", "--sup"]),
+        Duration::from_secs(120),
+    )
+    .expect_success();
+    let project = work.join("hello");
+    fs::write(project.join("mix.exs"), mix_exs("", "")).unwrap();
+    fs::write(project.join("lib/hello/application.ex"), APPLICATION).unwrap();
+    fs::create_dir_all(project.join("config")).unwrap();
+    fs::write(project.join("config/runtime.exs"), RUNTIME_CONFIG).unwrap();
+    project
+}
+
 /// Builds the release once per test run: `_build/prod/rel/hello`.
 pub(crate) fn mix_release() -> &'static PathBuf {
     static RELEASE: OnceLock<PathBuf> = OnceLock::new();
     RELEASE.get_or_init(|| {
-        require_program("mix", "elixir");
-        // Shared by the tests of this file, so it outlives each of them;
+        // Shared by the tests that use it, so it outlives each of them;
         // removed when the test binary exits.
         let work = tempfile::Builder::new()
             .prefix("sydney-mix-")
@@ -68,24 +136,12 @@ pub(crate) fn mix_release() -> &'static PathBuf {
             .keep();
         let removed = work.clone();
         at_exit(move || fs::remove_dir_all(&removed).unwrap());
-        let env = |command: &mut Command| {
-            command
-                .current_dir(&work)
-                .env("MIX_ENV", "prod")
-                .env("HOME", &work)
-                .env("MIX_HOME", work.join(".mix"));
-        };
-        let mut new = Command::new("mix");
-        new.args(["new", "hello", "--sup"]);
-        env(&mut new);
-        run_timeout(&mut new, Duration::from_secs(120)).expect_success();
-        let project = work.join("hello");
-        fs::write(project.join("lib/hello/application.ex"), APPLICATION).unwrap();
-        let mut release = Command::new("mix");
-        release.args(["release", "--overwrite"]);
-        env(&mut release);
-        release.current_dir(&project);
-        run_timeout(&mut release, Duration::from_secs(600)).expect_success();
+        let project = new_project(&work);
+        run_timeout(
+            mix(&work, &["release", "--overwrite"]).current_dir(&project),
+            Duration::from_secs(600),
+        )
+        .expect_success();
         project.join("_build/prod/rel/hello")
     })
 }

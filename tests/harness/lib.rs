@@ -76,6 +76,20 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The static `sydney-pack` that `cargo xtask dist` builds
+/// (`SYDNEY_TEST_SYDNEY_PACK`, else target/dist/sydney-pack).
+pub fn sydney_pack() -> PathBuf {
+    let path = std::env::var_os("SYDNEY_TEST_SYDNEY_PACK")
+        .map_or_else(|| root().join("target/dist/sydney-pack"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "{} not found (SYDNEY_TEST_SYDNEY_PACK). Run the tests with `cargo xtask test`, which \
+         runs `cargo xtask dist` first.",
+        path.display()
+    );
+    path
+}
+
 /// The stub for `codec`.
 pub fn stub(codec: Codec) -> Vec<u8> {
     let a = artifacts();
@@ -578,6 +592,7 @@ pub fn pack_options(name: &str, entry: &str, codec: Codec) -> PackOptions {
         mtime: 0,
         build: Vec::new(),
         portable: None,
+        env: Vec::new(),
     }
 }
 

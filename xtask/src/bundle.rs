@@ -78,6 +78,7 @@ pub fn bundle_for(
         mtime: util::source_date_epoch()?,
         build: build_metadata(&toolchain)?,
         portable: None,
+        env: Vec::new(),
     };
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent)?;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bundle;
+mod dist;
 mod docker;
 mod image;
 mod pack;
@@ -17,7 +18,6 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use argh::FromArgs;
 use bundle_format::Codec;
-use bundle_format::pack::PackOptions;
 use bundle_format::portable_pack::PortableOptions;
 
 /// sydney-bundle project tasks.
@@ -33,6 +33,8 @@ enum Task {
     Run(RunArgs),
     Bundle(BundleArgs),
     Pack(PackArgs),
+    Stubs(StubsArgs),
+    Dist(DistArgs),
     Docker(DockerArgs),
     Image(ImageArgs),
     Test(TestArgs),
@@ -78,13 +80,16 @@ struct BundleArgs {
     target: Option<&'static str>,
 }
 
-/// Pack any release folder into one executable file.
+/// Pack any release folder into one executable file: the `sydney-pack`
+/// library with this workspace's stubs (same options, same bytes).
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
     name = "pack",
-    example = "cargo xtask pack _build/prod/rel/my_app --entry bin/my_app --arg start \\\n    --name my_app --version 0.1.0 --out my_app-bundle",
-    note = "The folder's files, exec bits and in-tree symlinks are packed; symlinks leaving the \
+    example = "cargo xtask pack _build/prod/rel/my_app --out my_app-bundle\ncargo xtask pack release --entry bin/server --name server --version 1.0.0",
+    note = "A mix release (releases/start_erl.data, bin/NAME) needs no flags: entry, args, name, \
+            version, codec and RELEASE_TMP are inferred and printed; flags override them. The \
+            folder's files, exec bits and in-tree symlinks are packed; symlinks leaving the \
             folder, devices, sockets and fifos are refused. Output is byte-for-byte reproducible \
             (entry mtimes come from SOURCE_DATE_EPOCH, else 0)."
 )]
@@ -94,20 +99,24 @@ struct PackArgs {
     dir: PathBuf,
     /// the program to run, relative to the folder (e.g. bin/my_app)
     #[argh(option)]
-    entry: String,
+    entry: Option<String>,
     /// bundle name (letters, digits, . _ + -)
     #[argh(option)]
-    name: String,
+    name: Option<String>,
     /// bundle version (same alphabet)
     #[argh(option)]
-    version: String,
+    version: Option<String>,
     /// an argument always passed to the entry before the user's (repeatable)
     #[argh(option)]
     arg: Vec<String>,
-    /// output file
+    /// pass the entry no default arguments
+    #[argh(switch)]
+    no_args: bool,
+    /// output file (default ./NAME)
     #[argh(option)]
-    out: PathBuf,
-    /// payload codec: gzip (default) or zstd
+    out: Option<PathBuf>,
+    /// payload codec: gzip or zstd (default gzip up to 4 MiB of files, zstd
+    /// above)
     #[argh(option, from_str_fn(parse_codec))]
     codec: Option<Codec>,
     /// compression level (gzip 1-9, zstd 1-19; default 9 for gzip, 19 for
@@ -118,6 +127,12 @@ struct PackArgs {
     /// of running it from memory when nothing is writable
     #[argh(switch)]
     needs_tree: bool,
+    /// the entry may run from memory (overrides the mix release default)
+    #[argh(switch)]
+    no_needs_tree: bool,
+    /// environment default NAME=VALUE for the entry (repeatable)
+    #[argh(option, from_str_fn(parse_env))]
+    env: Vec<(String, String)>,
     /// cache root to try after SYDNEY_BUNDLE_DIR (absolute path)
     #[argh(option)]
     cache_dir: Option<String>,
@@ -134,6 +149,17 @@ struct PackArgs {
     #[argh(option)]
     shell: Option<PathBuf>,
 }
+
+/// Build both stubs into target/bundle/stubs (what sydney-pack embeds).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stubs")]
+struct StubsArgs {}
+
+/// Build the stubs, then the static sydney-pack with them inside, into
+/// target/dist/sydney-pack.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dist")]
+struct DistArgs {}
 
 /// Build the bundle, write its image with no daemon
 /// (target/bundle/sydney-image.tar) and `docker load` it as sydney:VERSION
@@ -245,6 +271,10 @@ fn parse_target(value: &str) -> Result<&'static str, String> {
     }
 }
 
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    sydney_pack::plan::parse_env(value)
+}
+
 fn parse_codec(value: &str) -> Result<Codec, String> {
     Codec::from_name(value).ok_or_else(|| format!("unknown codec {value:?}: use gzip or zstd"))
 }
@@ -285,39 +315,44 @@ fn run(task: Task) -> Result<()> {
             )?;
         }
         Task::Pack(args) => {
-            let codec = args.codec.unwrap_or(bundle::DEFAULT_CODEC);
-            let level = pack::level(codec, args.level, &args.dir)?;
-            let source = match args.stub {
-                Some(path) => pack::StubSource::File(path),
-                None => pack::StubSource::Workspace,
-            };
             if !args.portable && args.shell.is_some() {
                 bail!("--shell only applies with --portable; add --portable");
             }
-            let stub = pack::stub_bytes(&source, codec)?;
-            let options = PackOptions {
+            let request = sydney_pack::Request {
+                entry: args.entry,
+                args: if args.no_args {
+                    Some(Vec::new())
+                } else {
+                    (!args.arg.is_empty()).then_some(args.arg)
+                },
                 name: args.name,
                 version: args.version,
-                entry: args.entry,
-                args: args.arg,
-                codec,
-                level,
-                needs_tree: args.needs_tree,
-                default_cache_dir: args.cache_dir,
+                codec: args.codec,
+                level: args.level,
+                needs_tree: match (args.needs_tree, args.no_needs_tree) {
+                    (true, true) => bail!("--needs-tree and --no-needs-tree contradict each other"),
+                    (true, false) => Some(true),
+                    (false, true) => Some(false),
+                    (false, false) => None,
+                },
+                env: args.env,
+                cache_dir: args.cache_dir,
                 mtime: util::source_date_epoch()?,
-                build: vec![(
-                    "packer".to_owned(),
-                    format!(
-                        "cargo xtask pack (bundle-format {})",
-                        env!("CARGO_PKG_VERSION")
-                    ),
-                )],
                 portable: args
                     .portable
                     .then_some(PortableOptions { shell: args.shell }),
             };
-            let report = pack::pack(&args.dir, &stub, &options, &args.out)?;
-            pack::print_summary(&args.out, &report);
+            let stub = match args.stub {
+                Some(path) => pack::StubSource::File(path),
+                None => pack::StubSource::Workspace,
+            };
+            pack::run(&args.dir, &request, &stub, args.out.as_deref())?;
+        }
+        Task::Stubs(_) => {
+            dist::stubs(&toolchain::Toolchain::detect()?)?;
+        }
+        Task::Dist(_) => {
+            dist::dist()?;
         }
         Task::Docker(args) => {
             let built = bundle::bundle(

@@ -1,20 +1,20 @@
 //! `cargo xtask test`: the README's test command.
 //!
 //! Builds what the end-to-end tests run for real (the static bundle, both
-//! stub variants, the static server), then runs `cargo test --workspace`
-//! with the end-to-end tests turned on (feature `e2e/e2e`; plain `cargo test
-//! --workspace` leaves them out) and the artifacts' paths in the
-//! environment. Nothing is skipped: a test that needs something missing
-//! fails and says what.
+//! stub variants, the static server, the static `sydney-pack` of `cargo
+//! xtask dist`), then runs `cargo test --workspace` with the end-to-end
+//! tests turned on (feature `e2e/e2e`; plain `cargo test --workspace`
+//! leaves them out) and the artifacts' paths in the environment. Nothing
+//! is skipped: a test that needs something missing fails and says what.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use bundle_format::Codec;
 
-use crate::bundle;
-use crate::toolchain::Toolchain;
+use crate::toolchain::stub_path;
 use crate::util::{self, command};
+use crate::{bundle, dist};
 
 /// What the end-to-end tests run, beyond the Rust toolchain.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
@@ -32,10 +32,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("umoci", "umoci"),
     ("nsenter", "util-linux"),
     // Portable payloads: the static shell they carry, a musl C compiler for
-    // a musl-linked payload, debootstrap for an old-glibc root.
+    // a musl-linked payload, debootstrap for an old-glibc root (and for the
+    // Elixir base image of the multi-stage Dockerfile test).
     ("busybox", "busybox-static"),
     ("musl-gcc", "musl-tools"),
     ("debootstrap", "debootstrap"),
+    ("tar", "tar"),
+    ("bash", "bash"),
 ];
 
 /// A Debian bullseye root (glibc 2.31), built once and kept outside the
@@ -76,9 +79,9 @@ pub fn run(extra: &[String]) -> Result<()> {
     ensure_bullseye_root()?;
     let kubernetes_validate = kubernetes_validate()?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
-    let toolchain = Toolchain::detect()?;
-    let gzip = toolchain.build_stub(Codec::Gzip)?;
-    let zstd = toolchain.build_stub(Codec::Zstd)?;
+    // Builds both stubs, then sydney-pack with them inside.
+    let sydney_pack = dist::dist()?;
+    let (gzip, zstd) = (stub_path(Codec::Gzip), stub_path(Codec::Zstd));
     let mut cargo = command(util::cargo());
     cargo
         .args(["test", "--workspace", "--locked", "--features", "e2e/e2e"])
@@ -89,7 +92,8 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("SYDNEY_TEST_STUB_GZIP", gzip)
         .env("SYDNEY_TEST_STUB_ZSTD", zstd)
         .env("SYDNEY_TEST_KUBERNETES_VALIDATE", kubernetes_validate)
-        .env("SYDNEY_TEST_BULLSEYE_ROOT", BULLSEYE_ROOT);
+        .env("SYDNEY_TEST_BULLSEYE_ROOT", BULLSEYE_ROOT)
+        .env("SYDNEY_TEST_SYDNEY_PACK", sydney_pack);
     util::run(&mut cargo)
 }
 

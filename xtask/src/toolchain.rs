@@ -104,7 +104,22 @@ impl Toolchain {
         features: &[&str],
         final_args: &[String],
     ) -> Result<PathBuf> {
+        self.build_with_env(package, bin, profile, features, final_args, &[])
+    }
+
+    /// [`Toolchain::build`] with extra environment variables for cargo
+    /// (and so for build scripts).
+    pub fn build_with_env(
+        &self,
+        package: &str,
+        bin: &str,
+        profile: &str,
+        features: &[&str],
+        final_args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<PathBuf> {
         let mut cargo = command(util::cargo());
+        cargo.envs(env.iter().copied());
         cargo
             .args([
                 if final_args.is_empty() {

@@ -2,7 +2,7 @@
 //! (every entry of the payload, for `inspect --files` and `verify --deep`).
 //!
 //! Both are encoded with postcard: compact, no self-description, and cheap to
-//! decode in the stub. Field order is part of format version 1 and is listed
+//! decode in the stub. Field order is part of format version 2 and is listed
 //! in `docs/FORMAT.md`. Decoding validates every field that later becomes a
 //! path, so code past this point can trust them.
 
@@ -75,7 +75,15 @@ pub struct Manifest {
     /// Free-form build facts (packer version, source date, toolchain),
     /// sorted by key.
     pub build: Vec<(String, String)>,
+    /// Environment defaults for the entry, `(NAME, VALUE)`: set only when
+    /// the variable is not already set. In a value, `${BUNDLE_ROOT}` and
+    /// `${BUNDLE_STATE_DIR}` stand for the tree and the state directory; a
+    /// default that names one the run does not have is left out.
+    pub env: Vec<(String, String)>,
 }
+
+/// The placeholders an [`Manifest::env`] value may use.
+pub const ENV_PLACEHOLDERS: [&str; 2] = ["${BUNDLE_ROOT}", "${BUNDLE_STATE_DIR}"];
 
 /// Longest name or version accepted; they end up in directory names.
 const MAX_LABEL_LEN: usize = 64;
@@ -113,6 +121,9 @@ impl Manifest {
                 )));
             }
         }
+        for (name, value) in &self.env {
+            validate_env(name, value).map_err(invalid)?;
+        }
         Ok(())
     }
 
@@ -147,6 +158,31 @@ pub fn validate_label(what: &str, value: &str) -> Result<(), String> {
         return Err(format!(
             "{what} {value:?} may only use letters, digits and . _ + - (not first . or -)"
         ));
+    }
+    Ok(())
+}
+
+/// Checks an environment default: a portable name (`[A-Za-z_][A-Za-z0-9_]*`)
+/// that is not one of the variables the stub sets or reads (`BUNDLE_*`,
+/// `SYDNEY_BUNDLE_*`), and a value without NUL bytes.
+pub fn validate_env(name: &str, value: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let portable = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !portable {
+        return Err(format!(
+            "environment name {name:?} may only use letters, digits and _ (not first a digit)"
+        ));
+    }
+    if name.starts_with("BUNDLE_") || name.starts_with("SYDNEY_BUNDLE_") {
+        return Err(format!(
+            "environment name {name} is reserved: the bundle itself sets or reads BUNDLE_* and SYDNEY_BUNDLE_*"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {name} contains a NUL byte"));
     }
     Ok(())
 }
@@ -250,7 +286,21 @@ mod tests {
             default_cache_dir: None,
             index_sha256: [7; 32],
             build: vec![("packer".into(), "test".into())],
+            env: vec![("RELEASE_TMP".into(), "${BUNDLE_STATE_DIR}/tmp".into())],
         }
+    }
+
+    #[test]
+    fn environment_defaults_are_checked() {
+        assert!(validate_env("RELEASE_TMP", "${BUNDLE_STATE_DIR}/tmp").is_ok());
+        assert!(validate_env("_X1", "").is_ok());
+        for bad in ["", "1X", "A-B", "A=B", "BUNDLE_ROOT", "SYDNEY_BUNDLE_DIR"] {
+            assert!(validate_env(bad, "v").is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_env("X", "a\0b").is_err());
+        let mut m = sample();
+        m.env.push(("BUNDLE_NAME".into(), "x".into()));
+        assert!(Manifest::decode(&m.encode()).is_err());
     }
 
     #[test]
@@ -276,6 +326,7 @@ mod tests {
         bytes.push(0); // default_cache_dir None
         bytes.extend_from_slice(&[9; 32]); // index_sha256
         bytes.push(0); // build []
+        bytes.extend_from_slice(b"\x01\x01X\x01y"); // env [("X", "y")]
         let m = Manifest::decode(&bytes).unwrap();
         assert_eq!(m.name, "a");
         assert_eq!(m.entry, "bin/x");
@@ -283,6 +334,7 @@ mod tests {
         assert_eq!(m.codec, Codec::Zstd);
         assert_eq!(m.tar_len, 128);
         assert!(m.needs_tree);
+        assert_eq!(m.env, [("X".to_owned(), "y".to_owned())]);
         // One byte more is an error, one byte less too.
         bytes.push(0);
         assert!(Manifest::decode(&bytes).is_err());

@@ -49,6 +49,8 @@ pub struct PackOptions {
     /// Carry the loader, shared libraries and shell the folder's programs
     /// need from this machine (`--portable`); `None` packs the folder as it is.
     pub portable: Option<crate::portable_pack::PortableOptions>,
+    /// Environment defaults for the entry (see [`Manifest::env`]), in order.
+    pub env: Vec<(String, String)>,
 }
 
 /// The build fact (manifest `build`) that records the compression level
@@ -220,9 +222,9 @@ fn check_symlink_chains(entries: &[SourceEntry]) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `entry` names an executable regular file of `entries`,
-/// directly or through in-tree symlinks.
-fn check_entry(dir: &Path, entry: &str, entries: &[SourceEntry]) -> Result<()> {
+/// Checks that `entry` names an executable regular file of `entries` (from
+/// [`scan`] of `dir`), directly or through in-tree symlinks.
+pub fn check_entry(dir: &Path, entry: &str, entries: &[SourceEntry]) -> Result<()> {
     let missing = |reason: String| FormatError::Unpackable {
         path: dir.join(entry),
         reason,
@@ -320,6 +322,9 @@ pub fn pack(
     if opts.args.iter().any(|a| a.contains('\0')) {
         return Err(invalid("an --arg contains a NUL byte".to_owned()));
     }
+    for (name, value) in &opts.env {
+        crate::manifest::validate_env(name, value).map_err(invalid)?;
+    }
     if let Some(cache) = &opts.default_cache_dir {
         if !cache.starts_with('/') {
             return Err(invalid(format!(
@@ -385,6 +390,7 @@ pub fn pack(
         default_cache_dir: opts.default_cache_dir.clone(),
         index_sha256: Sha256::digest(&index_bytes).into(),
         build,
+        env: opts.env.clone(),
     };
     let manifest_bytes = manifest.encode();
     let manifest_start = payload_start + payload_len;

@@ -24,6 +24,7 @@ fn options(codec: Codec) -> PackOptions {
         mtime: 0,
         build: vec![("packer".into(), "test".into())],
         portable: None,
+        env: Vec::new(),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::exit::Exit;
             SYDNEY_BUNDLE_DIR        cache root to extract into (an error if unusable)\n  \
             SYDNEY_BUNDLE_STATE_DIR  where pidfile, lock and log live (default: <cache root>/state/<name>)\n  \
             SYDNEY_BUNDLE_INIT=0     as PID 1, exec the entry instead of staying as a minimal init\n\
-            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME and BUNDLE_VERSION."
+            The entry gets BUNDLE_ROOT (its extracted tree), BUNDLE_NAME, BUNDLE_VERSION and the packed environment defaults."
 )]
 pub struct Cli {
     #[argh(subcommand)]

@@ -371,17 +371,57 @@ pub fn command_line(
     }
     argv.extend(user_args.iter().map(|a| a.as_bytes().to_vec()));
 
-    let mut bundle_env: Vec<Vec<u8>> = Vec::with_capacity(3);
-    if let Some(tree) = &prepared.tree {
-        bundle_env.push([b"BUNDLE_ROOT=", tree.path.as_os_str().as_bytes()].concat());
+    let mut bundle_env: Vec<Vec<u8>> = Vec::with_capacity(3 + manifest.env.len());
+    let tree = prepared
+        .tree
+        .as_ref()
+        .map(|tree| tree.path.as_os_str().as_bytes());
+    if let Some(tree) = tree {
+        bundle_env.push([b"BUNDLE_ROOT=", tree].concat());
     }
     bundle_env.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
     bundle_env.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
+    if !manifest.env.is_empty() {
+        let state = cache::state_dir(&prepared.decision, &manifest.name);
+        let state = state.as_ref().map(|dir| dir.as_os_str().as_bytes());
+        for (name, value) in &manifest.env {
+            // Defaults only: the caller's environment wins.
+            if std::env::var_os(name).is_some() {
+                continue;
+            }
+            if let Some(value) = expand(value, tree, state) {
+                bundle_env.push([name.as_bytes(), b"=", &value].concat());
+            }
+        }
+    }
     let to_c = |v: Vec<u8>| CString::new(v).context("an argument or variable contains a NUL byte");
     Ok((
         argv.into_iter().map(to_c).collect::<Result<_>>()?,
         bundle_env.into_iter().map(to_c).collect::<Result<_>>()?,
     ))
+}
+
+/// An environment default's value with `${BUNDLE_ROOT}` and
+/// `${BUNDLE_STATE_DIR}` replaced; `None` (leave the variable unset) when it
+/// names one this run does not have. Anything else is kept as written.
+fn expand(value: &str, tree: Option<&[u8]>, state: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len() + 64);
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'$') {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at..];
+        let (with, len) = if rest.starts_with(b"${BUNDLE_ROOT}") {
+            (tree?, 14)
+        } else if rest.starts_with(b"${BUNDLE_STATE_DIR}") {
+            (state?, 19)
+        } else {
+            (&b"$"[..], 1)
+        };
+        out.extend_from_slice(with);
+        rest = &rest[len..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 /// Replaces this process with the entry. Returns only on failure, with an
@@ -486,6 +526,23 @@ fn missing_interpreter(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_defaults_expand() {
+        let (tree, state) = (Some(&b"/c/app-1-ab"[..]), Some(&b"/c/state/app"[..]));
+        let expanded = |value| expand(value, tree, state).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            expanded("${BUNDLE_STATE_DIR}/tmp").as_deref(),
+            Some("/c/state/app/tmp")
+        );
+        assert_eq!(
+            expanded("${BUNDLE_ROOT}:${BUNDLE_ROOT}/lib").as_deref(),
+            Some("/c/app-1-ab:/c/app-1-ab/lib")
+        );
+        assert_eq!(expanded("$HOME ${X} $").as_deref(), Some("$HOME ${X} $"));
+        assert_eq!(expand("${BUNDLE_STATE_DIR}/tmp", tree, None), None);
+        assert_eq!(expand("${BUNDLE_ROOT}", None, state), None);
+    }
 
     #[test]
     fn shebangs() {

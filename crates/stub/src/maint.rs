@@ -79,6 +79,9 @@ pub fn inspect(bundle: &Bundle<'_>, path: &Path, files: bool, doctor: bool) -> R
     if let Some(dir) = &m.default_cache_dir {
         let _ = writeln!(out, "cache default: {dir}");
     }
+    for (name, value) in &m.env {
+        let _ = writeln!(out, "env:         {name}={value} (unless set)");
+    }
     let _ = writeln!(out, "cache:       {}", describe_placement(bundle));
     for (key, value) in &m.build {
         let _ = writeln!(out, "build:       {key}={value}");

@@ -361,6 +361,8 @@ fn other_version(art: &Artifacts, dir: &Path) -> Result<PathBuf> {
         default_cache_dir: manifest.default_cache_dir,
         mtime: util::source_date_epoch()?,
         build: manifest.build,
+        env: manifest.env,
+        portable: None,
     };
     let out = dir.join("sydney-bundle-v2");
     let stub = fs::read(art.stub(Codec::Gzip))?;

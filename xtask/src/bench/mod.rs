@@ -340,6 +340,7 @@ fn prepare(dir: &Path) -> Result<Artifacts> {
         mtime: util::source_date_epoch()?,
         build: manifest.build,
         portable: None,
+        env: manifest.env,
     };
     let bundle_zstd = dir.join("sydney-bundle-zstd");
     let stub = fs::read(&stub_zstd)?;

@@ -283,6 +283,7 @@ fn profile_warm_start(work: &Path, stub: &Path) -> Result<BTreeSet<String>> {
         mtime: 0,
         build: Vec::new(),
         portable: None,
+        env: Vec::new(),
     };
     crate::pack::pack(&release, &fs::read(stub)?, &options, &bundle)?;
 

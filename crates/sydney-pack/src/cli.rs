@@ -1,0 +1,166 @@
+//! The command line (clap derive; doc comments are the help text).
+
+use std::path::PathBuf;
+
+use bundle_format::Codec;
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  sydney-pack _build/prod/rel/my_app                  # a mix release: nothing else to say
+  sydney-pack _build/prod/rel/my_app --out /my_app    # choose the output file
+  sydney-pack _build/prod/rel/my_app --portable       # runs in FROM scratch, on musl, on old glibc
+  sydney-pack release/ --entry bin/server --name server --app-version 1.0.0
+  sydney-pack doctor _build/prod/rel/my_app           # which hosts can run it
+  sydney-pack inspect my_app                          # the manifest of a bundle
+  sydney-pack completions bash > /etc/bash_completion.d/sydney-pack
+
+Run the bundle: ./my_app start | daemon | stop | exec -- remote
+Exit codes: 0 ok, 1 other failure, 2 bad command line, 3 not a release or not packable,
+4 output not writable, 5 not a bundle (docs/SYDNEY_PACK.md).";
+
+/// Pack a release folder (a mix release, a static server, anything with an
+/// executable entry) into one executable file that unpacks itself and runs.
+///
+/// A mix release (a folder with releases/start_erl.data and bin/NAME) needs no
+/// flags: the entry, arguments, name, version, codec and environment are
+/// inferred and printed, and every flag below overrides what it names.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sydney-pack",
+    version,
+    long_version = crate::LONG_VERSION,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// What to do; without one, pack DIR.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Packing, when no subcommand is named.
+    #[command(flatten)]
+    pub pack: PackArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack DIR into one file (the default command)
+    #[command(after_help = EXAMPLES)]
+    Pack(Box<PackArgs>),
+    /// Say which hosts the programs in DIR can run on, without packing
+    Doctor {
+        /// The release folder
+        dir: PathBuf,
+    },
+    /// Show the manifest of a bundle without running it
+    Inspect {
+        /// The bundle file
+        file: PathBuf,
+        /// Also list every file in the payload
+        #[arg(long)]
+        files: bool,
+    },
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  sydney-pack completions bash > /etc/bash_completion.d/sydney-pack\n  \
+                            sydney-pack completions zsh > \"${fpath[1]}/_sydney-pack\"\n  \
+                            sydney-pack completions fish > ~/.config/fish/completions/sydney-pack.fish"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How to pack.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The release folder, e.g. _build/prod/rel/my_app
+    pub dir: Option<PathBuf>,
+    /// Output file [default: ./NAME]
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Program to run, relative to DIR [mix release: bin/NAME]
+    #[arg(long, value_name = "PATH")]
+    pub entry: Option<String>,
+    /// Argument always passed to the entry before the user's; repeatable
+    /// [mix release: start]
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Pass the entry no default arguments
+    #[arg(long, conflicts_with = "args")]
+    pub no_args: bool,
+    /// Bundle name: letters, digits, . _ + - [mix release: its name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Bundle version, same alphabet [mix release: its version]
+    #[arg(long, value_name = "VERSION")]
+    pub app_version: Option<String>,
+    /// Payload compression [default: gzip up to 4 MiB of files, zstd above]
+    #[arg(long, value_parser = parse_codec)]
+    pub codec: Option<Codec>,
+    /// Compression level: gzip 1-9, zstd 1-19 [default: 9 for gzip, 19 for
+    /// zstd, 9 for zstd above 64 MiB of files]
+    #[arg(long, value_name = "N")]
+    pub level: Option<u32>,
+    /// The entry cannot run without its unpacked files: fail clearly instead
+    /// of running it from memory when nothing is writable [mix release: on]
+    #[arg(long, overrides_with = "no_needs_tree")]
+    pub needs_tree: bool,
+    /// The entry may run from memory when nothing is writable
+    #[arg(long, overrides_with = "needs_tree")]
+    pub no_needs_tree: bool,
+    /// Environment default for the entry, used unless the variable is set
+    /// when it runs; ${BUNDLE_ROOT} and ${BUNDLE_STATE_DIR} expand;
+    /// repeatable [mix release: RELEASE_TMP=${BUNDLE_STATE_DIR}/tmp]
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Cache root baked into the bundle, tried after SYDNEY_BUNDLE_DIR
+    /// (absolute path)
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<String>,
+    /// Use this stub file instead of the embedded one
+    #[arg(long, value_name = "FILE")]
+    pub stub: Option<PathBuf>,
+    /// Carry the ELF loader, shared libraries and a static shell that the
+    /// folder's programs need from this machine, so the bundle runs in FROM
+    /// scratch, on musl hosts and on any glibc
+    #[arg(long)]
+    pub portable: bool,
+    /// With --portable: the static shell for #!/bin/sh scripts [default:
+    /// /bin/busybox, from busybox-static]
+    #[arg(long, value_name = "FILE", requires = "portable")]
+    pub shell: Option<PathBuf>,
+}
+
+fn parse_codec(value: &str) -> Result<Codec, String> {
+    Codec::from_name(value).ok_or_else(|| format!("unknown codec {value:?}: use gzip or zstd"))
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    sydney_pack::plan::parse_env(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_folder_alone_means_pack() {
+        let cli = Cli::try_parse_from(["sydney-pack", "rel", "--codec", "zstd"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.pack.dir, Some(PathBuf::from("rel")));
+        assert_eq!(cli.pack.codec, Some(Codec::Zstd));
+        let cli = Cli::try_parse_from(["sydney-pack", "inspect", "app"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Inspect { .. })));
+    }
+}

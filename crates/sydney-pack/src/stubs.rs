@@ -1,0 +1,32 @@
+//! The stubs a bundle can start with, one per payload codec.
+//!
+//! The `sydney-pack` binary carries them (feature `embed`: build.rs finds
+//! the prebuilt static stubs, `include_bytes!` puts them in), so it needs no
+//! other file at run time. Library callers that build stubs themselves
+//! (`cargo xtask pack`) pass the bytes instead.
+
+/// The stub embedded for `codec`.
+#[cfg(feature = "embed")]
+pub fn embedded(codec: bundle_format::Codec) -> &'static [u8] {
+    match codec {
+        bundle_format::Codec::Gzip => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP")),
+        bundle_format::Codec::Zstd => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD")),
+    }
+}
+
+/// One line on the embedded stubs (sizes), for `--version`.
+#[cfg(feature = "embed")]
+pub const SUMMARY: &str = env!("SYDNEY_PACK_STUBS_SUMMARY");
+
+/// Checks that `stub` looks like a stub (an ELF executable), so a wrong
+/// `--stub` file fails before a useless bundle is written.
+pub fn check(stub: &[u8], origin: &str) -> crate::Result<()> {
+    if stub.starts_with(b"\x7fELF") {
+        Ok(())
+    } else {
+        Err(crate::Error::Stub(format!(
+            "{origin} is not a stub (not an ELF executable); pass a bundle-stub file built by \
+             `cargo xtask stubs`"
+        )))
+    }
+}
