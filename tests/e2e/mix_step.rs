@@ -20,7 +20,7 @@ fn step_mix_exs(integration: &Path) -> String {
             integration.display()
         ),
         "steps: [:assemble, &SydneyBundle.pack/1], \
-         sydney_bundle: [codec: :gzip] ++ if(System.get_env(\"TEST_SYDNEY_BUNDLE_EXTRA\"), \
+         sydney_bundle: [codec: :gzip, portable: true] ++ if(System.get_env(\"TEST_SYDNEY_BUNDLE_EXTRA\"), \
          do: [frobnicate: true], else: []),",
     )
 }
@@ -73,6 +73,10 @@ fn mix_release_with_the_step_gives_one_file_that_serves() {
     run(sandbox.command(&bundle).arg("version"))
         .expect_success()
         .expect_stdout("hello 0.1.0");
+    // `portable: true` reached sydney-pack as --portable.
+    run(sandbox.command(&bundle).args(["inspect", "--doctor"]))
+        .expect_success()
+        .expect_stdout("runs on: FROM scratch, musl hosts, glibc hosts (any version)");
     let port = free_port();
     let server = Server::start(
         sandbox

@@ -39,7 +39,9 @@ defmodule Mix.Tasks.SydneyBundle.Pack do
       (default `RELEASE_TMP=${BUNDLE_STATE_DIR}/tmp`)
     * `:needs_tree` - `false` to allow running from memory
     * `:cache_dir` - a default cache root baked into the bundle
-    * `:portable` - `true` passes `--portable` (needs a sydney-pack that has it)
+    * `:portable` - `true` passes `--portable`: the bundle carries the
+      release's loader, libraries and a static shell (busybox-static on the
+      build machine) and runs in FROM scratch, on musl hosts, on any glibc
     * `:extra_args` - more `sydney-pack` flags, passed as given
 
   Everything else `sydney-pack` infers from the release: the entry
