@@ -28,6 +28,13 @@ fn portable_bundle() -> &'static PathBuf {
         options.version = "0.1.0".to_owned();
         options.args = vec!["start".to_owned()];
         options.needs_tree = true;
+        // As sydney-pack infers for a mix release: the release's temporary
+        // files go to the state directory, not into its tree (which
+        // `verify --deep` must find exactly as packed).
+        options.env = vec![(
+            "RELEASE_TMP".to_owned(),
+            "${BUNDLE_STATE_DIR}/tmp".to_owned(),
+        )];
         options.portable = Some(PortableOptions::default());
         pack(mix_release(), &options, &out);
         out
