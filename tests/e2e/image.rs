@@ -290,3 +290,51 @@ fn writer_and_dockerfile_scratch_give_equivalent_images() {
         container.logs()
     );
 }
+
+/// `sydney-pack image` is the same writer behind the static tool's command
+/// line: the same bytes as the library with the same options, and its errors
+/// carry sydney-pack's exit codes (docs/SYDNEY_PACK.md).
+#[test]
+fn sydney_pack_image_writes_the_same_archive_and_names_bad_input() {
+    let sandbox = Sandbox::new();
+    let bundle = &artifacts().bundle;
+    let by_tool = sandbox.join("tool.tar");
+    run(Command::new(sydney_pack())
+        .arg("image")
+        .arg(bundle)
+        .arg("--out")
+        .arg(&by_tool)
+        .args(["--tag", "sydney-fleet:1.0", "--port", "8080"])
+        .args(["--revision", "0123456789abcdef"])
+        .args(["--source", "https://example.invalid/sydney-bundle"])
+        .env("SOURCE_DATE_EPOCH", "1700000000"))
+    .expect_success()
+    .expect_stderr("wrote image sydney-fleet:1.0");
+    let by_library = sandbox.join("library.tar");
+    bundle_image::write_image(bundle, &options("sydney-fleet:1.0"), &by_library).unwrap();
+    assert!(
+        fs::read(&by_tool).unwrap() == fs::read(&by_library).unwrap(),
+        "sydney-pack image and the library wrote different archives"
+    );
+
+    // Bad input: one line, its exit code, and no archive left behind.
+    let out = sandbox.join("bad.tar");
+    let image = |args: &[&str]| {
+        run(Command::new(sydney_pack())
+            .arg("image")
+            .args(args)
+            .arg("--out")
+            .arg(&out))
+    };
+    image(&[bundle.to_str().unwrap(), "--label", "no-equals-sign"])
+        .expect_code(2)
+        .expect_one_line_error()
+        .expect_stderr("give KEY=VALUE");
+    let not_a_bundle = sandbox.join("notes.txt");
+    fs::write(&not_a_bundle, "not a bundle\n").unwrap();
+    image(&[not_a_bundle.to_str().unwrap()])
+        .expect_code(5)
+        .expect_one_line_error()
+        .expect_stderr("is not a usable sydney bundle");
+    assert!(!out.exists(), "a failed image left {}", out.display());
+}

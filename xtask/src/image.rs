@@ -57,10 +57,7 @@ pub fn options(flags: Flags) -> Result<ImageOptions> {
 fn pairs(flag: &str, items: &[String]) -> Result<Vec<(String, String)>> {
     items
         .iter()
-        .map(|item| match item.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-            _ => bail!("bad {flag} {item:?}: give KEY=VALUE, e.g. {flag} team=web"),
-        })
+        .map(|item| Ok(bundle_image::parse_pair(flag, item)?))
         .collect()
 }
 

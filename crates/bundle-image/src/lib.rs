@@ -39,6 +39,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ImageError;
+
+/// Parses a `KEY=VALUE` flag value (`--label`, `--annotation`) for the
+/// command lines that drive the writer.
+pub fn parse_pair(flag: &str, item: &str) -> Result<(String, String), ImageError> {
+    match item.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(ImageError::BadOption(format!(
+            "bad {flag} {item:?}: give KEY=VALUE, e.g. {flag} team=web"
+        ))),
+    }
+}
 pub use reference::Reference;
 
 /// Where the bundle lives in the image. A fixed path (as Jib's `/app`), so

@@ -62,6 +62,9 @@ pub enum Command {
         #[arg(long)]
         files: bool,
     },
+    /// Write a container image of a bundle, with no Docker daemon
+    #[command(after_help = IMAGE_EXAMPLES)]
+    Image(Box<ImageArgs>),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  sydney-pack completions bash > /etc/bash_completion.d/sydney-pack\n  \
@@ -72,6 +75,51 @@ pub enum Command {
         /// The shell
         shell: clap_complete::Shell,
     },
+}
+
+const IMAGE_EXAMPLES: &str = "\
+Examples:
+  sydney-pack image my_app --out my_app.tar        # then: docker load -i my_app.tar
+  sydney-pack image my_app --out my_app.tar --tag registry.example/my_app:1.2.0 --port 4000
+  skopeo copy oci-archive:my_app.tar docker://registry.example/my_app:1.2.0
+
+One layer: the bundle at /app and an empty /tmp (mode 1777). Entrypoint /app, Cmd start,
+user 65532, Docker's healthcheck on the bundle's `healthcheck` command. The same bundle
+always gives the same image digest (created and every mtime from SOURCE_DATE_EPOCH, else 0).
+The archive is an OCI image layout that docker load, podman load and skopeo accept.";
+
+/// How to write an image.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The bundle file
+    pub bundle: PathBuf,
+    /// The image archive to write
+    #[arg(short, long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Image name [default: NAME:VERSION of the bundle]
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub tag: Option<String>,
+    /// User the container runs as: a uid or uid:gid [default: 65532]
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Exposed port, e.g. 8080 or 53/udp; repeatable
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<String>,
+    /// Label in the image config; repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Annotation on the manifest; repeatable
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// org.opencontainers.image.source: where the source lives
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+    /// org.opencontainers.image.revision: the source revision
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// Leave out Docker's healthcheck
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 /// How to pack.

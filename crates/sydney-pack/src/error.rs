@@ -59,6 +59,10 @@ pub enum Error {
     /// No stub for the codec (a library caller's stub source failed).
     #[error("{0}")]
     Stub(String),
+
+    /// `image`: the image could not be written.
+    #[error(transparent)]
+    Image(#[from] bundle_image::ImageError),
 }
 
 impl Error {

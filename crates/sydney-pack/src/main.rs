@@ -13,7 +13,7 @@ use bundle_format::portable_pack::PortableOptions;
 use clap::{CommandFactory, Parser};
 use sydney_pack::{Error, Request, stubs, ui};
 
-use crate::cli::{Cli, Command, PackArgs};
+use crate::cli::{Cli, Command, ImageArgs, PackArgs};
 
 /// `--version`: the tool's version and the stubs it carries.
 pub const LONG_VERSION: &str = concat!(
@@ -48,6 +48,13 @@ impl Exit {
             Error::Output { .. } => Exit::Output,
             Error::NotABundle { .. } | Error::Read { .. } => Exit::NotABundle,
             Error::Stub(_) => Exit::Failure,
+            Error::Image(image) => match image {
+                bundle_image::ImageError::Read { .. }
+                | bundle_image::ImageError::NotABundle { .. } => Exit::NotABundle,
+                bundle_image::ImageError::BadOption(_) => Exit::Usage,
+                bundle_image::ImageError::Write { .. } => Exit::Output,
+                bundle_image::ImageError::Spec { .. } => Exit::Failure,
+            },
         }
     }
 }
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect { file, files }) => {
             sydney_pack::inspect::inspect(&file, files).map(|text| print!("{text}"))
         }
+        Some(Command::Image(args)) => image(*args),
         Some(Command::Completions { shell }) => {
             let mut stdout = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "sydney-pack", &mut stdout);
@@ -104,6 +112,45 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         cause = inner.source();
     }
     message
+}
+
+/// `image`: the bundle into an OCI image archive (crates/bundle-image).
+fn image(args: ImageArgs) -> Result<(), Error> {
+    let pairs = |flag: &str, items: &[String]| {
+        items
+            .iter()
+            .map(|item| bundle_image::parse_pair(flag, item))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut options = bundle_image::ImageOptions {
+        created: source_date_epoch()?,
+        ports: args.ports,
+        labels: pairs("--label", &args.labels)?,
+        annotations: pairs("--annotation", &args.annotations)?,
+        source: args.source,
+        revision: args.revision,
+        ..bundle_image::ImageOptions::default()
+    };
+    if let Some(tag) = args.tag {
+        options.tag = Some(tag.parse::<bundle_image::Reference>()?);
+    }
+    if let Some(user) = args.user {
+        options.user = user;
+    }
+    if args.no_healthcheck {
+        options.healthcheck = None;
+    }
+    let report = bundle_image::write_image(&args.bundle, &options, &args.out)?;
+    eprintln!(
+        "wrote image {} ({} {}) to {}: {} bytes; config {} (Docker's image ID)",
+        report.reference,
+        report.bundle_name,
+        report.bundle_version,
+        args.out.display(),
+        report.archive_bytes,
+        report.config_digest
+    );
+    Ok(())
 }
 
 fn pack(args: PackArgs) -> Result<(), Error> {
