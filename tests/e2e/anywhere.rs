@@ -38,27 +38,6 @@ fn with_fresh_tmp(sandbox: &Sandbox, script: &str) -> String {
     )
 }
 
-/// `unshare --mount --pid --fork` running `script` with sh (on the host,
-/// before any chroot), killed with its namespace when the test ends.
-fn in_namespace(script: &str) -> Command {
-    require_root();
-    require_program("unshare", "util-linux");
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--propagation",
-            "private",
-        ])
-        .args(["sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    command
-}
-
 fn check_routes(server: &Server) {
     assert_eq!(
         server.get("/"),

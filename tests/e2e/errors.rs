@@ -168,57 +168,35 @@ fn hostile_bundle(tar: &[u8]) -> Vec<u8> {
     assemble(&stub(Codec::Gzip), &payload, &manifest, &Index::default())
 }
 
-/// One raw tar record followed by the end-of-archive marker.
-fn tar_record(kind: u8, path: &str, link: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..path.len()].copy_from_slice(path.as_bytes());
-    header[100..107].copy_from_slice(b"0000755");
-    header[108..115].copy_from_slice(b"0000000");
-    header[116..123].copy_from_slice(b"0000000");
-    header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-    header[136..147].copy_from_slice(b"00000000000");
-    header[156] = kind;
-    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
-}
-
 #[test]
 fn hostile_payloads_are_rejected_and_nothing_escapes() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "dot-dot",
-            tar_record(b'0', "../escaped", "", b"x"),
+            tar_record(b'0', "../escaped", 0o755, "", b"x"),
             "escapes the tree",
         ),
         (
             "absolute",
-            tar_record(b'0', "/tmp/escaped-sydney-e2e", "", b"x"),
+            tar_record(b'0', "/tmp/escaped-sydney-e2e", 0o755, "", b"x"),
             "absolute path",
         ),
         (
             "escaping symlink",
-            tar_record(b'2', "link", "../../../etc", b""),
+            tar_record(b'2', "link", 0o755, "../../../etc", b""),
             "escapes the tree",
         ),
         (
             "absolute symlink",
-            tar_record(b'2', "link", "/etc/passwd", b""),
+            tar_record(b'2', "link", 0o755, "/etc/passwd", b""),
             "absolute",
         ),
         (
             "device node",
-            tar_record(b'3', "dev", "", b""),
+            tar_record(b'3', "dev", 0o755, "", b""),
             "device nodes",
         ),
-        ("fifo", tar_record(b'6', "fifo", "", b""), "fifos"),
+        ("fifo", tar_record(b'6', "fifo", 0o755, "", b""), "fifos"),
     ];
     for (what, mut tar, needle) in cases {
         tar.resize(tar.len() + 1024, 0);

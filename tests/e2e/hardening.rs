@@ -109,62 +109,10 @@ impl Drop for Victim {
     }
 }
 
-/// `unshare --mount --pid --fork --mount-proc` running `script` with sh:
-/// its own /proc shows only the namespace's processes, and every process
-/// in it dies with it.
-fn in_namespace(script: &str) -> Command {
-    require_root();
-    require_program("unshare", "util-linux");
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--propagation",
-            "private",
-        ])
-        .args(["sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    command
-}
-
 /// The name of the sydney bundle's tree.
 fn sydney_tree_name() -> String {
     let bytes = fs::read(&artifacts().bundle).unwrap();
     Bundle::open(&bytes).unwrap().tree_dir_name()
-}
-
-/// One raw ustar record (`kind`, `mode`), padded.
-fn tar_record(kind: u8, path: &str, mode: u32, link: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..path.len()].copy_from_slice(path.as_bytes());
-    header[100..107].copy_from_slice(format!("{mode:07o}").as_bytes());
-    header[108..115].copy_from_slice(b"0000000");
-    header[116..123].copy_from_slice(b"0000000");
-    header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-    header[136..147].copy_from_slice(b"00000000000");
-    header[156] = kind;
-    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
-}
-
-/// The records, then the end-of-archive marker.
-fn tar_of(records: &[Vec<u8>]) -> Vec<u8> {
-    let mut tar: Vec<u8> = records.concat();
-    tar.resize(tar.len() + 1024, 0);
-    tar
 }
 
 /// A bundle (real stub for `codec`) whose payload is `tar`, with a manifest
@@ -627,7 +575,7 @@ fn full_disk_script(sandbox: &Sandbox, tmpfs_options: &str, body: &str) -> Vec<S
         t = t.display(),
         b = bundle.display(),
     );
-    let ran = run(&mut in_namespace(&script));
+    let ran = run(&mut in_namespace_with_proc(&script));
     ran.expect_success();
     ran.stdout().lines().map(str::to_owned).collect()
 }
@@ -654,7 +602,7 @@ fn control_commands_find_a_daemon_that_fell_back_to_another_root() {
     let bundle = sandbox.sydney_bundle();
     let tmpdir = sandbox.join("tmp");
     fs::create_dir(&tmpdir).unwrap();
-    let ran = run(&mut in_namespace(&format!(
+    let ran = run(&mut in_namespace_with_proc(&format!(
         "H={h}; B={b}; export HOME=$H TMPDIR={t} PORT=0
          mkdir -p $H/.cache && mount -t tmpfs -o size=64k,mode=0700 tmpfs $H/.cache || exit 90
          $B daemon -- --bind 127.0.0.1 >/dev/null 2>&1; echo daemon=$?
@@ -866,7 +814,7 @@ fn too_little_space_is_reported_before_extracting() {
     );
     let c = sandbox.join("C");
     fs::create_dir(&c).unwrap();
-    let ran = run(&mut in_namespace(&format!(
+    let ran = run(&mut in_namespace_with_proc(&format!(
         "mount -t tmpfs -o size=256k,mode=0700 tmpfs {c} && \
          SYDNEY_BUNDLE_DIR={c} {b} start; code=$?; echo \"left: $(ls -A {c})\"; exit $code",
         c = c.display(),
@@ -877,7 +825,7 @@ fn too_little_space_is_reported_before_extracting() {
         .expect_stdout("left: \n")
         .expect_one_line_error();
     // `extract DIR` checks the same before writing anything.
-    let ran = run(&mut in_namespace(&format!(
+    let ran = run(&mut in_namespace_with_proc(&format!(
         "mount -t tmpfs -o size=256k,mode=0700 tmpfs {c} && \
          {b} extract {c}/out; code=$?; echo \"left: $(ls -A {c})\"; exit $code",
         c = c.display(),
