@@ -19,6 +19,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use bundle_format::error::IoCause;
+
 use crate::sys;
 
 /// Name of the directory we create under a cache base.
@@ -181,10 +183,10 @@ pub enum Problem {
 
 impl Problem {
     fn of(err: &io::Error) -> Problem {
-        match err.raw_os_error() {
-            Some(libc::EROFS | libc::EACCES | libc::EPERM) => Problem::Denied,
-            Some(libc::ENOSPC | libc::EDQUOT) => Problem::Full,
-            _ => Problem::Unusable,
+        match IoCause::of(err) {
+            IoCause::ReadOnly | IoCause::Denied => Problem::Denied,
+            IoCause::Full => Problem::Full,
+            IoCause::NotFound | IoCause::NotADirectory | IoCause::Other => Problem::Unusable,
         }
     }
 }
@@ -460,13 +462,13 @@ fn create_root(candidate: &Candidate) -> io::Result<()> {
 
 /// A short reason for an I/O failure on a cache root.
 pub fn describe_io(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(libc::EROFS) => "read-only file system".to_owned(),
-        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_owned(),
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "disk full".to_owned(),
-        Some(libc::ENOENT) => "parent directory does not exist".to_owned(),
-        Some(libc::ENOTDIR) => "a parent is not a directory".to_owned(),
-        _ => err.to_string(),
+    match IoCause::of(err) {
+        IoCause::ReadOnly => "read-only file system".to_owned(),
+        IoCause::Denied => "permission denied".to_owned(),
+        IoCause::Full => "disk full".to_owned(),
+        IoCause::NotFound => "parent directory does not exist".to_owned(),
+        IoCause::NotADirectory => "a parent is not a directory".to_owned(),
+        IoCause::Other => err.to_string(),
     }
 }
 
