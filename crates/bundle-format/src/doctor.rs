@@ -476,12 +476,10 @@ fn carried(path: &str) -> &str {
     }
 }
 
+/// The interpreter of a `#!` script, read as the kernel reads it.
 fn shebang(bytes: &[u8]) -> Option<String> {
-    let line = bytes.strip_prefix(b"#!")?;
-    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
-    let line = String::from_utf8_lossy(&line[..end]);
-    let interp = line.split_whitespace().next()?;
-    Some(interp.to_owned())
+    let line = crate::shebang::parse(bytes)?;
+    Some(String::from_utf8_lossy(line.interpreter).into_owned())
 }
 
 fn few(items: &[&str]) -> String {

@@ -190,23 +190,102 @@ impl FormatError {
 
 /// Classifies an I/O error into the kinds users need to act on differently.
 pub fn io_kind(err: &io::Error) -> ErrorKind {
-    match err.raw_os_error() {
-        Some(code) if code == ENOSPC || code == EDQUOT => ErrorKind::NoSpace,
-        Some(code) if code == EACCES || code == EPERM || code == EROFS => {
-            ErrorKind::PermissionDenied
+    match IoCause::of(err) {
+        IoCause::Full => ErrorKind::NoSpace,
+        IoCause::ReadOnly | IoCause::Denied => ErrorKind::PermissionDenied,
+        IoCause::NotFound | IoCause::NotADirectory | IoCause::Other => ErrorKind::Other,
+    }
+}
+
+/// The cause of an I/O failure, read from its errno: the one errno table
+/// that the packer, the unpacker and the stub all classify with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoCause {
+    /// EROFS: the file system is mounted read-only.
+    ReadOnly,
+    /// EACCES or EPERM.
+    Denied,
+    /// ENOSPC or EDQUOT (or an error of kind `StorageFull`).
+    Full,
+    /// ENOENT.
+    NotFound,
+    /// ENOTDIR.
+    NotADirectory,
+    /// Anything else.
+    Other,
+}
+
+impl IoCause {
+    /// Classifies `err` by its errno.
+    pub fn of(err: &io::Error) -> IoCause {
+        match err.raw_os_error() {
+            Some(EROFS) => IoCause::ReadOnly,
+            Some(EACCES | EPERM) => IoCause::Denied,
+            Some(ENOSPC | EDQUOT) => IoCause::Full,
+            Some(ENOENT) => IoCause::NotFound,
+            Some(ENOTDIR) => IoCause::NotADirectory,
+            _ if err.kind() == io::ErrorKind::StorageFull => IoCause::Full,
+            _ => IoCause::Other,
         }
-        _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::NoSpace,
-        _ => ErrorKind::Other,
     }
 }
 
 // Linux errno values (identical on every Linux architecture we target); kept
 // here so this pure crate needs no libc binding.
 const EPERM: i32 = 1;
+const ENOENT: i32 = 2;
 const EACCES: i32 = 13;
+const ENOTDIR: i32 = 20;
 const ENOSPC: i32 = 28;
 const EROFS: i32 = 30;
 const EDQUOT: i32 = 122;
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod io_cause_tests {
+    use super::*;
+
+    /// The whole errno table, with the kind each cause maps to.
+    #[test]
+    fn errno_table() {
+        let table = [
+            (EPERM, IoCause::Denied, ErrorKind::PermissionDenied),
+            (ENOENT, IoCause::NotFound, ErrorKind::Other),
+            (EACCES, IoCause::Denied, ErrorKind::PermissionDenied),
+            (ENOTDIR, IoCause::NotADirectory, ErrorKind::Other),
+            (ENOSPC, IoCause::Full, ErrorKind::NoSpace),
+            (EROFS, IoCause::ReadOnly, ErrorKind::PermissionDenied),
+            (EDQUOT, IoCause::Full, ErrorKind::NoSpace),
+            (5, IoCause::Other, ErrorKind::Other), // EIO
+        ];
+        for (errno, cause, kind) in table {
+            let err = io::Error::from_raw_os_error(errno);
+            assert_eq!(IoCause::of(&err), cause, "errno {errno}");
+            assert_eq!(io_kind(&err), kind, "errno {errno}");
+        }
+    }
+
+    /// The constants are the real Linux values (std names them via ErrorKind).
+    #[test]
+    fn constants_are_the_linux_errnos() {
+        let kind = |errno| io::Error::from_raw_os_error(errno).kind();
+        assert_eq!(kind(EPERM), io::ErrorKind::PermissionDenied);
+        assert_eq!(kind(ENOENT), io::ErrorKind::NotFound);
+        assert_eq!(kind(EACCES), io::ErrorKind::PermissionDenied);
+        assert_eq!(kind(ENOTDIR), io::ErrorKind::NotADirectory);
+        assert_eq!(kind(ENOSPC), io::ErrorKind::StorageFull);
+        assert_eq!(kind(EROFS), io::ErrorKind::ReadOnlyFilesystem);
+        assert_eq!(kind(EDQUOT), io::ErrorKind::QuotaExceeded);
+    }
+
+    #[test]
+    fn errors_without_errno_classify_by_kind() {
+        let full = io::Error::new(io::ErrorKind::StorageFull, "full");
+        assert_eq!(IoCause::of(&full), IoCause::Full);
+        assert_eq!(io_kind(&full), ErrorKind::NoSpace);
+        let other = io::Error::other("x");
+        assert_eq!(IoCause::of(&other), IoCause::Other);
+    }
+}

@@ -25,6 +25,7 @@ pub mod portable;
 #[cfg(feature = "pack")]
 pub mod portable_pack;
 mod readahead;
+pub mod shebang;
 pub mod text;
 pub mod unpack;
 

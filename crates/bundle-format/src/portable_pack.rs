@@ -27,6 +27,7 @@ use crate::error::{FormatError, Result};
 use crate::manifest::EntryKind;
 use crate::pack::SourceEntry;
 use crate::portable::{self, BUILD_KEY, DIR, EPMD_KEY, PATCH_LIST, Pad, Patch, RESERVED};
+use crate::shebang;
 
 /// How to make a payload portable.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +41,8 @@ pub struct PortableOptions {
 /// Default static shell.
 pub const DEFAULT_SHELL: &str = "/bin/busybox";
 
-/// The kernel reads this many bytes of a `#!` line at most.
-const SHEBANG_MAX: usize = 255;
+/// The longest `#!` line the kernel reads whole (its buffer, less the newline).
+const SHEBANG_MAX: usize = shebang::BINPRM_BUF_SIZE - 1;
 
 /// Two C libraries, kept apart (both may name a `libz.so.1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -517,23 +518,22 @@ fn rewrite_script(rel: &str, text: &[u8]) -> Result<(Vec<u8>, Option<Patch>), St
     let Some(end) = text.iter().position(|&b| b == b'\n') else {
         return Err("its #! line does not end".to_owned());
     };
-    let line = String::from_utf8_lossy(&text[2..end]);
-    let line = line.trim();
-    let (interpreter, argument) = match line.split_once([' ', '\t']) {
-        Some((i, a)) => (i, Some(a.trim())),
-        None => (line, None),
+    let Some(line) = shebang::parse(text) else {
+        return Err("its #! line names no interpreter the kernel can read".to_owned());
     };
-    if !matches!(interpreter, "/bin/sh" | "/bin/ash" | "/usr/bin/sh") {
+    let interpreter = String::from_utf8_lossy(line.interpreter);
+    if !matches!(&*interpreter, "/bin/sh" | "/bin/ash" | "/usr/bin/sh") {
         return Err(format!(
-            "its interpreter {interpreter} cannot be carried by --portable (only /bin/sh \
-             scripts can); rewrite it as a /bin/sh script or drop its exec bit"
+            "its interpreter {} cannot be carried by --portable (only /bin/sh \
+             scripts can); rewrite it as a /bin/sh script or drop its exec bit",
+            interpreter.escape_debug()
         ));
     }
     let mut out = b"#!".to_vec();
     out.extend_from_slice(&portable::placeholder(RESERVED, Pad::Space));
-    if let Some(argument) = argument.filter(|a| !a.is_empty()) {
+    if let Some(argument) = line.argument.filter(|a| !a.is_empty()) {
         out.push(b' ');
-        out.extend_from_slice(argument.as_bytes());
+        out.extend_from_slice(argument);
     }
     if out.len() > SHEBANG_MAX {
         return Err("its #! line is too long to hold the carried shell's path".to_owned());
@@ -563,6 +563,10 @@ mod tests {
         assert!(out.ends_with(b" -e\necho hi\n"));
         assert!(rewrite_script("bin/x", b"#!/usr/bin/python3\n").is_err());
         assert!(rewrite_script("bin/x", b"#!/bin/sh").is_err());
+        // The kernel's rules: a DOS line ending is part of the interpreter.
+        let err = rewrite_script("bin/x", b"#!/bin/sh\r\necho\r\n").unwrap_err();
+        assert!(err.contains("/bin/sh\\r cannot be carried"), "{err}");
+        assert!(rewrite_script("bin/x", b"#!  \n").is_err());
     }
 
     #[test]

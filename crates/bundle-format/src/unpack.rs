@@ -14,14 +14,10 @@ use std::path::Path;
 
 use tar::EntryType;
 
-use crate::error::{FormatError, Result};
+use crate::error::{FormatError, IoCause, Result};
 use crate::paths::{
     MAX_PATH_LEN, ancestors, symlink_stays_inside, symlink_target_dirs, validate_relative,
 };
-
-/// Linux errno values (this pure crate has no libc binding).
-const ENOENT: i32 = 2;
-const ENOTDIR: i32 = 20;
 
 /// Size of the buffer used to copy file contents.
 const COPY_BUFFER: usize = 128 * 1024;
@@ -270,11 +266,11 @@ fn create_error(path: &str, target: &Path, err: io::Error) -> FormatError {
         return unsafe_entry(path, "duplicate entry");
     }
     // The packer writes every directory before what it holds.
-    match err.raw_os_error() {
-        Some(ENOENT) => {
+    match IoCause::of(&err) {
+        IoCause::NotFound => {
             return unsafe_entry(path, "its parent directory is not in the payload before it");
         }
-        Some(ENOTDIR) => return unsafe_entry(path, "its parent is not a directory"),
+        IoCause::NotADirectory => return unsafe_entry(path, "its parent is not a directory"),
         _ => {}
     }
     FormatError::io("cannot create", target, err)

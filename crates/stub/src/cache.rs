@@ -12,118 +12,18 @@
 //! writable root mounted noexec is the fallback (the entry then runs from
 //! memory with the tree's data files on disk); with nothing writable the
 //! entry runs from memory without a tree.
+//!
+//! [`chain`] lists the candidates from an [`Env`] value without touching the
+//! file system; [`probe`] checks one root on disk; this module walks the
+//! list with the probe and decides.
 
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder};
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+mod chain;
+mod probe;
 
-use crate::sys;
+use std::path::PathBuf;
 
-/// Name of the directory we create under a cache base.
-const DIR_NAME: &str = "sydney-bundle";
-
-/// Where a candidate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// `SYDNEY_BUNDLE_DIR`.
-    Explicit,
-    /// The default baked into the bundle at pack time.
-    Baked,
-    /// `$XDG_CACHE_HOME`.
-    XdgCache,
-    /// `$HOME/.cache`.
-    HomeCache,
-    /// `$TMPDIR`.
-    TmpDir,
-    /// `/tmp`.
-    Tmp,
-}
-
-impl Source {
-    /// How users know it.
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Explicit => "SYDNEY_BUNDLE_DIR",
-            Source::Baked => "pack-time default",
-            Source::XdgCache => "XDG_CACHE_HOME",
-            Source::HomeCache => "HOME",
-            Source::TmpDir => "TMPDIR",
-            Source::Tmp => "/tmp",
-        }
-    }
-}
-
-/// The environment the chain reads, captured once (and built by hand in tests).
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    /// `SYDNEY_BUNDLE_DIR`.
-    pub bundle_dir: Option<OsString>,
-    /// `XDG_CACHE_HOME`.
-    pub xdg_cache_home: Option<OsString>,
-    /// `HOME`.
-    pub home: Option<OsString>,
-    /// `TMPDIR`.
-    pub tmpdir: Option<OsString>,
-    /// The effective uid.
-    pub uid: u32,
-}
-
-impl Env {
-    /// Reads the process environment. Empty values count as unset.
-    pub fn from_process() -> Env {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        Env {
-            bundle_dir: var("SYDNEY_BUNDLE_DIR"),
-            xdg_cache_home: var("XDG_CACHE_HOME"),
-            home: var("HOME"),
-            tmpdir: var("TMPDIR"),
-            uid: sys::geteuid(),
-        }
-    }
-}
-
-/// A place the tree could go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// Where it came from.
-    pub source: Source,
-    /// The root directory itself (trees go directly below it).
-    pub root: PathBuf,
-}
-
-/// Lists the candidates for this environment, in order, without touching
-/// the file system.
-pub fn candidates(env: &Env, baked: Option<&str>) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    let mut push = |source, root: PathBuf| {
-        if !out.iter().any(|c: &Candidate| c.root == root) {
-            out.push(Candidate { source, root });
-        }
-    };
-    if let Some(dir) = &env.bundle_dir {
-        push(Source::Explicit, PathBuf::from(dir));
-    }
-    if let Some(dir) = baked {
-        push(Source::Baked, PathBuf::from(dir));
-    }
-    if let Some(dir) = &env.xdg_cache_home {
-        push(Source::XdgCache, Path::new(dir).join(DIR_NAME));
-    }
-    if let Some(home) = &env.home {
-        push(
-            Source::HomeCache,
-            Path::new(home).join(".cache").join(DIR_NAME),
-        );
-    }
-    let per_user = format!("{DIR_NAME}-{}", env.uid);
-    if let Some(dir) = &env.tmpdir {
-        push(Source::TmpDir, Path::new(dir).join(&per_user));
-    }
-    push(Source::Tmp, Path::new("/tmp").join(&per_user));
-    out
-}
+pub use chain::{Candidate, Env, Source, candidates};
+pub use probe::check_private;
 
 /// How the entry will run from a chosen root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,16 +77,6 @@ pub enum Problem {
     Full,
     /// Anything else (missing parent, not a directory, ...).
     Unusable,
-}
-
-impl Problem {
-    fn of(err: &io::Error) -> Problem {
-        match err.raw_os_error() {
-            Some(libc::EROFS | libc::EACCES | libc::EPERM) => Problem::Denied,
-            Some(libc::ENOSPC | libc::EDQUOT) => Problem::Full,
-            _ => Problem::Unusable,
-        }
-    }
 }
 
 /// The result of walking the chain.
@@ -284,7 +174,7 @@ fn walk(
             reason,
             kind,
         };
-        let state = match prepare(candidate, create) {
+        let state = match probe::prepare(candidate, create) {
             Ok(state) => state,
             Err((reason, kind)) => {
                 let refusal = refuse(reason, kind);
@@ -347,129 +237,6 @@ fn walk(
     })
 }
 
-/// What we learned about a usable root.
-#[derive(Debug, Clone)]
-struct RootState {
-    read_only: bool,
-    no_exec: bool,
-    /// The directory whose writability decides (the root, or for a root not
-    /// yet created, its nearest existing ancestor). Checked only when needed:
-    /// a warm start never asks.
-    write_probe: PathBuf,
-}
-
-impl RootState {
-    fn writable(&self) -> bool {
-        !self.read_only && sys::can_write_dir(&self.write_probe)
-    }
-}
-
-/// Creates the root if needed (and `create`) and checks it is safe. On
-/// refusal returns the reason and its kind.
-fn prepare(candidate: &Candidate, create: bool) -> Result<RootState, (String, Problem)> {
-    let root = &candidate.root;
-    let io_refusal = |err: io::Error| (describe_io(&err), Problem::of(&err));
-    if !root.is_absolute() {
-        return Err(("it is not an absolute path".to_owned(), Problem::Unusable));
-    }
-    let meta = match fs::symlink_metadata(root) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound && !create => {
-            return preview_missing(root);
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            create_root(candidate).map_err(io_refusal)?;
-            fs::symlink_metadata(root).map_err(io_refusal)?
-        }
-        Err(err) => return Err(io_refusal(err)),
-    };
-    check_private(&meta).map_err(|reason| (reason, Problem::Unsafe))?;
-    let flags = sys::mount_flags(root).map_err(io_refusal)?;
-    Ok(RootState {
-        read_only: flags.read_only,
-        no_exec: flags.no_exec,
-        write_probe: root.clone(),
-    })
-}
-
-/// A root that does not exist yet: judge it by its nearest existing ancestor.
-fn preview_missing(root: &Path) -> Result<RootState, (String, Problem)> {
-    let ancestor = root
-        .ancestors()
-        .skip(1)
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("/"));
-    let flags = sys::mount_flags(ancestor).map_err(|err| (describe_io(&err), Problem::of(&err)))?;
-    Ok(RootState {
-        read_only: flags.read_only,
-        no_exec: flags.no_exec,
-        write_probe: ancestor.to_owned(),
-    })
-}
-
-/// Refuses roots that someone else could tamper with.
-pub fn check_private(meta: &fs::Metadata) -> Result<(), String> {
-    if meta.file_type().is_symlink() {
-        return Err(
-            "it is a symlink, which someone may have planted; use a real directory".to_owned(),
-        );
-    }
-    if !meta.is_dir() {
-        return Err("it is not a directory".to_owned());
-    }
-    let uid = sys::geteuid();
-    if meta.uid() != uid {
-        return Err(format!(
-            "it is owned by uid {}, not by this user (uid {uid}); remove it or choose another directory",
-            meta.uid()
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "it is writable by group or others (mode {mode:o}); run chmod 700 on it"
-        ));
-    }
-    Ok(())
-}
-
-fn create_root(candidate: &Candidate) -> io::Result<()> {
-    let root = &candidate.root;
-    let parent = root.parent().unwrap_or(Path::new("/"));
-    match candidate.source {
-        // FROM scratch images have no /tmp: make a normal sticky one.
-        Source::Tmp if !parent.exists() => match DirBuilder::new().mode(0o1777).create(parent) {
-            Ok(()) => fs::set_permissions(parent, fs::Permissions::from_mode(0o1777))?,
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(err),
-        },
-        // `~/.cache` (or an explicit path's parents) may not exist yet.
-        Source::HomeCache | Source::XdgCache | Source::Explicit | Source::Baked => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)?;
-        }
-        Source::Tmp | Source::TmpDir => {}
-    }
-    match DirBuilder::new().mode(0o700).create(root) {
-        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => Err(err),
-        _ => Ok(()),
-    }
-}
-
-/// A short reason for an I/O failure on a cache root.
-pub fn describe_io(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(libc::EROFS) => "read-only file system".to_owned(),
-        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_owned(),
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "disk full".to_owned(),
-        Some(libc::ENOENT) => "parent directory does not exist".to_owned(),
-        Some(libc::ENOTDIR) => "a parent is not a directory".to_owned(),
-        _ => err.to_string(),
-    }
-}
-
 /// The state directory (pidfile, lock, log) for bundle `name`:
 /// `SYDNEY_BUNDLE_STATE_DIR` if set, else `<root>/state/<name>` under the
 /// chosen cache root.
@@ -484,54 +251,11 @@ pub fn state_dir(decision: &Decision, name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
     use super::*;
-
-    #[test]
-    fn candidates_follow_the_documented_order() {
-        let env = Env {
-            bundle_dir: Some("/explicit".into()),
-            xdg_cache_home: Some("/xdg".into()),
-            home: Some("/home/u".into()),
-            tmpdir: Some("/var/tmp".into()),
-            uid: 1000,
-        };
-        let roots: Vec<_> = candidates(&env, Some("/baked"))
-            .into_iter()
-            .map(|c| (c.source, c.root))
-            .collect();
-        assert_eq!(
-            roots,
-            [
-                (Source::Explicit, PathBuf::from("/explicit")),
-                (Source::Baked, PathBuf::from("/baked")),
-                (Source::XdgCache, PathBuf::from("/xdg/sydney-bundle")),
-                (
-                    Source::HomeCache,
-                    PathBuf::from("/home/u/.cache/sydney-bundle")
-                ),
-                (Source::TmpDir, PathBuf::from("/var/tmp/sydney-bundle-1000")),
-                (Source::Tmp, PathBuf::from("/tmp/sydney-bundle-1000")),
-            ]
-        );
-    }
-
-    #[test]
-    fn empty_environment_still_has_tmp() {
-        let env = Env::default();
-        let roots = candidates(&env, None);
-        assert_eq!(roots.len(), 1);
-        assert_eq!(roots[0].root, PathBuf::from("/tmp/sydney-bundle-0"));
-    }
-
-    #[test]
-    fn tmpdir_equal_to_tmp_is_listed_once() {
-        let env = Env {
-            tmpdir: Some("/tmp".into()),
-            uid: 5,
-            ..Env::default()
-        };
-        assert_eq!(candidates(&env, None).len(), 1);
-    }
 
     #[test]
     fn unsafe_roots_are_refused_and_safe_ones_created_private() {

@@ -265,7 +265,7 @@ fn entry_from_payload(bundle: &Bundle<'_>, entry: &str) -> Result<File> {
 fn plan_noexec(entry: &Path) -> Result<Plan> {
     let mut file =
         File::open(entry).with_context(|| format!("cannot open the entry {}", entry.display()))?;
-    let mut head = [0u8; 256];
+    let mut head = [0u8; bundle_format::shebang::BINPRM_BUF_SIZE];
     let n = read_head(&mut file, &mut head)?;
     if let Some((interpreter, argument)) = parse_shebang(&head[..n]) {
         return Ok(Plan::Script {
@@ -323,20 +323,12 @@ fn to_memfd(head: &[u8], rest: &mut impl Read, name: &str) -> Result<File> {
     Ok(memfd)
 }
 
-/// Parses `#!interpreter [argument]`.
+/// Parses `#!interpreter [argument]` by the kernel's rules
+/// ([`bundle_format::shebang`]).
 pub fn parse_shebang(head: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
-    let line = head.strip_prefix(b"#!")?;
-    let line = &line[..line.iter().position(|&b| b == b'\n')?];
-    let line = line.trim_ascii();
-    let (interpreter, rest) = match line.iter().position(|b| b.is_ascii_whitespace()) {
-        Some(at) => (&line[..at], line[at..].trim_ascii()),
-        None => (line, &[][..]),
-    };
-    if interpreter.is_empty() {
-        return None;
-    }
-    let argument = (!rest.is_empty()).then(|| OsString::from_vec(rest.to_vec()));
-    Some((PathBuf::from(OsStr::from_bytes(interpreter)), argument))
+    let line = bundle_format::shebang::parse(head)?;
+    let argument = line.argument.map(|arg| OsString::from_vec(arg.to_vec()));
+    Some((PathBuf::from(OsStr::from_bytes(line.interpreter)), argument))
 }
 
 /// The argument vector for the entry, and the variables the stub sets for
@@ -513,7 +505,7 @@ fn why_denied(path: &Path) -> String {
 
 /// Names the `#!` interpreter or ELF loader of `path`, for "not found" errors.
 fn missing_interpreter(path: &Path) -> Option<String> {
-    let mut head = [0u8; 256];
+    let mut head = [0u8; bundle_format::shebang::BINPRM_BUF_SIZE];
     let n = read_head(&mut File::open(path).ok()?, &mut head).ok()?;
     if let Some((interpreter, _)) = parse_shebang(&head[..n]) {
         return Some(format!("its interpreter {}", interpreter.display()));
@@ -556,6 +548,9 @@ mod tests {
         );
         assert_eq!(parse_shebang(b"#!\n"), None);
         assert_eq!(parse_shebang(b"\x7fELF"), None);
-        assert_eq!(parse_shebang(b"#!/bin/sh"), None);
+        assert_eq!(
+            parse_shebang(b"#!/bin/sh"),
+            Some((PathBuf::from("/bin/sh"), None))
+        );
     }
 }
