@@ -2,6 +2,7 @@
 //! the running executable).
 
 use std::io::{BufRead, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
@@ -28,6 +29,36 @@ const RELEASE_CHUNK: usize = 1 << 20;
 /// again soon: a mapped file's caller can drop those pages from its resident
 /// set, so that memory use does not grow with the payload.
 pub type PageRelease = fn(&[u8]);
+
+/// One regular file of the payload, met while the payload streams past
+/// (see [`Bundle::for_each_file`]).
+pub struct PayloadFile<'r> {
+    /// Its path in the payload, as the tar stream spells it.
+    pub path: &'r [u8],
+    /// Its mode bits (0 if the header's are unreadable).
+    pub mode: u32,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its contents, streamed from the payload.
+    pub contents: &'r mut dyn Read,
+}
+
+impl std::fmt::Debug for PayloadFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadFile")
+            .field("path", &String::from_utf8_lossy(self.path))
+            .field("mode", &self.mode)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PayloadFile<'_> {
+    /// Whether any exec bit is set.
+    pub fn executable(&self) -> bool {
+        self.mode & 0o111 != 0
+    }
+}
 
 /// A bundle whose layout and manifest have been checked.
 ///
@@ -117,6 +148,84 @@ impl<'a> Bundle<'a> {
     /// verified; use [`Bundle::unpack_verified`] to extract.
     pub fn tar_stream(&self) -> Result<Box<dyn Read + Send + 'a>> {
         self.decode(None)
+    }
+
+    /// Streams the payload and calls `visit` with each regular file, in
+    /// payload order, until it returns [`ControlFlow::Break`]; returns
+    /// whether it did. Directories and symlinks are skipped. The payload is
+    /// not verified here: call [`Bundle::verify_payload`] first where that
+    /// matters. A payload that is not a readable tar stream is
+    /// [`FormatError::CorruptPayload`]; `visit`'s own errors end the walk
+    /// and are returned as they are.
+    pub fn for_each_file<E: From<FormatError>>(
+        &self,
+        mut visit: impl FnMut(PayloadFile<'_>) -> Result<ControlFlow<()>, E>,
+    ) -> Result<bool, E> {
+        let mut failed = None;
+        let stopped = self.walk_files(&mut |file| match visit(file) {
+            Ok(flow) => flow,
+            Err(err) => {
+                failed = Some(err);
+                ControlFlow::Break(())
+            }
+        })?;
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(stopped),
+        }
+    }
+
+    /// Streams the payload up to the regular file at `path` and hands it to
+    /// `read`; `None` if the payload holds no such file. Memory does not
+    /// grow with the file's size: `read` gets a stream.
+    pub fn read_file<T, E: From<FormatError>>(
+        &self,
+        path: &str,
+        read: impl FnOnce(PayloadFile<'_>) -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        let mut read = Some(read);
+        let mut found = None;
+        self.for_each_file(|file| {
+            if file.path != path.as_bytes() {
+                return Ok(ControlFlow::Continue(()));
+            }
+            if let Some(read) = read.take() {
+                found = Some(read(file)?);
+            }
+            Ok::<_, E>(ControlFlow::Break(()))
+        })?;
+        Ok(found)
+    }
+
+    /// The one tar walk behind [`Bundle::for_each_file`], not generic so
+    /// that a program carries one copy of it whatever its callers are.
+    fn walk_files(
+        &self,
+        visit: &mut dyn FnMut(PayloadFile<'_>) -> ControlFlow<()>,
+    ) -> Result<bool> {
+        let corrupt = |err: std::io::Error| {
+            FormatError::CorruptPayload(format!("cannot read the payload: {err}"))
+        };
+        let mut archive = tar::Archive::new(self.tar_stream()?);
+        let mut path = Vec::new();
+        for entry in archive.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            path.clear();
+            path.extend_from_slice(&entry.path_bytes());
+            let file = PayloadFile {
+                path: &path,
+                mode: entry.header().mode().unwrap_or(0),
+                size: entry.size(),
+                contents: &mut entry,
+            };
+            if visit(file).is_break() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The tar stream; with `hashing`, every whole [`RELEASE_CHUNK`] the

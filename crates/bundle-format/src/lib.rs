@@ -4,7 +4,8 @@
 //! compressed tar payload, a manifest, a file index, and a fixed-size trailer
 //! at the very end (see `docs/FORMAT.md`). This crate reads and validates
 //! that layout over byte slices ([`layout`], [`manifest`]), unpacks payloads
-//! safely ([`unpack`]), writes bundles ([`pack`], feature `pack`), and tells
+//! safely ([`unpack`]), streams a payload's files to callers that need them
+//! without a tree ([`Bundle::for_each_file`], [`Bundle::read_file`]), writes bundles ([`pack`], feature `pack`), and tells
 //! what a payload's programs need from a host ([`doctor`], feature `doctor`).
 //!
 //! It does no process, cache or exec work: that is the stub's job.
@@ -29,6 +30,6 @@ pub mod shebang;
 pub mod text;
 pub mod unpack;
 
-pub use bundle::Bundle;
+pub use bundle::{Bundle, PayloadFile};
 pub use error::{ErrorKind, FormatError, Result};
 pub use manifest::{Codec, EntryKind, Index, IndexEntry, Manifest};

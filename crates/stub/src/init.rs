@@ -11,29 +11,22 @@
 //! kernel never drops a blocked signal sent to PID 1, and nothing runs in
 //! signal context.
 
-use std::ffi::CString;
-
 use bundle_format::Bundle;
 
 use crate::exit::exit_for;
-use crate::launch::{self, Prepared};
+use crate::launch::{self, Launch};
 use crate::sys::{self, Forked};
 use crate::ui;
 
 /// Runs the entry as a child and supervises it. Never returns.
-pub fn run(
-    bundle: &Bundle<'_>,
-    prepared: &Prepared,
-    argv: &[CString],
-    bundle_env: &[CString],
-) -> ! {
+pub fn run(bundle: &Bundle<'_>, ready: &Launch) -> ! {
     let previous_mask = sys::block_all_signals();
     // SAFETY: the stub is single-threaded here: the only other thread it
     // ever starts (payload hashing) is joined before launch.
     let child = match unsafe { sys::fork() } {
         Ok(Forked::Child) => {
             sys::set_signal_mask(&previous_mask);
-            let err = launch::exec(bundle, prepared, argv, bundle_env);
+            let err = launch::exec(bundle, ready);
             ui::error(&format!("{err:#}"));
             sys::exit_now(i32::from(exit_for(&err).code()));
         }

@@ -35,18 +35,23 @@ pub enum Plan {
     },
 }
 
-/// Everything needed to exec the entry.
+/// Everything needed to exec the entry, made by [`prepare`] and consumed
+/// by [`exec`], `init::run` and `lifecycle::daemon`.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Launch {
     /// How to exec.
     pub plan: Plan,
     /// The tree (its lock must stay open across exec), if any.
     pub tree: Option<Tree>,
     /// The chain's decision (for the state dir).
     pub decision: Decision,
+    /// The entry's argument vector.
+    pub argv: Vec<CString>,
+    /// The variables the stub sets for the entry (see [`command_line`]).
+    pub env: Vec<CString>,
 }
 
-impl Prepared {
+impl Launch {
     /// The entry's path as argv[0] and for messages.
     pub fn argv0(&self, bundle: &Bundle<'_>) -> OsString {
         match &self.tree {
@@ -56,8 +61,9 @@ impl Prepared {
     }
 }
 
-/// Walks the cache chain and gets the entry ready to exec.
-pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
+/// Walks the cache chain and gets the entry ready to exec, with the
+/// manifest's default arguments first if `default_args`, then `user_args`.
+pub fn prepare(bundle: &Bundle<'_>, default_args: bool, user_args: &[String]) -> Result<Launch> {
     let manifest = bundle.manifest();
     let tree_name = bundle.tree_dir_name();
     let candidates = cache::candidates(
@@ -65,12 +71,12 @@ pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
         manifest.default_cache_dir.as_deref(),
     );
     let mut skip = Vec::new();
-    loop {
+    let mut launch = loop {
         let decision = cache::choose(&candidates, &tree_name, &skip)
             .map_err(cache::ExplicitRefused::into_error)?;
         let root = match &decision.placement {
             Placement::Root(root) => root.clone(),
-            Placement::Memory => return prepare_in_memory(bundle, decision),
+            Placement::Memory => break prepare_in_memory(bundle, decision)?,
         };
         announce(&decision);
         let tree_path = root.candidate.root.join(&tree_name);
@@ -107,12 +113,16 @@ pub fn prepare(bundle: &Bundle<'_>) -> Result<Prepared> {
             Mode::Exec => Plan::Path(tree.path.join(&manifest.entry)),
             Mode::NoExec => plan_noexec(&tree.path.join(&manifest.entry))?,
         };
-        return Ok(Prepared {
+        break Launch {
             plan,
             tree: Some(tree),
             decision,
-        });
-    }
+            argv: Vec::new(),
+            env: Vec::new(),
+        };
+    };
+    command_line(bundle, &mut launch, default_args, user_args)?;
+    Ok(launch)
 }
 
 /// Extracts, then cleans up crash leftovers and old versions.
@@ -185,7 +195,7 @@ fn skipped(decision: &Decision) -> String {
 
 /// Nothing writable: run the entry from memory, without a tree.
 #[inline(never)]
-fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Prepared> {
+fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Launch> {
     let manifest = bundle.manifest();
     if manifest.needs_tree {
         return Err(coded(
@@ -225,10 +235,12 @@ fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Prepared
     ));
     bundle.verify_payload()?;
     let memfd = entry_from_payload(bundle, &entry)?;
-    Ok(Prepared {
+    Ok(Launch {
         plan: Plan::Memory(memfd),
         tree: None,
         decision,
+        argv: Vec::new(),
+        env: Vec::new(),
     })
 }
 
@@ -244,19 +256,18 @@ fn resolve_entry(index: &bundle_format::Index, entry: &str) -> Result<String> {
 
 /// Streams the payload until the entry's file and copies it into a memfd.
 fn entry_from_payload(bundle: &Bundle<'_>, entry: &str) -> Result<File> {
-    let mut archive = tar::Archive::new(bundle.tar_stream()?);
-    for item in archive.entries().context("cannot read the payload")? {
-        let mut item = item.context("cannot read the payload")?;
-        if item.path_bytes().as_ref() == entry.as_bytes() {
+    bundle
+        .read_file(entry, |file| {
             let mut head = [0u8; 4];
-            let n = read_head(&mut item, &mut head)?;
-            return to_memfd(&head[..n], &mut item, entry);
-        }
-    }
-    Err(coded(
-        Exit::Corrupt,
-        format!("the entry {entry} is not in the payload"),
-    ))
+            let n = read_head(&mut *file.contents, &mut head)?;
+            to_memfd(&head[..n], file.contents, entry)
+        })?
+        .ok_or_else(|| {
+            coded(
+                Exit::Corrupt,
+                format!("the entry {entry} is not in the payload"),
+            )
+        })
 }
 
 /// The tree is on a noexec mount: copy an ELF entry to memory, or run a
@@ -278,7 +289,7 @@ fn plan_noexec(entry: &Path) -> Result<Plan> {
     Ok(Plan::Memory(memfd))
 }
 
-fn read_head(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_head(file: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..])? {
@@ -291,7 +302,7 @@ fn read_head(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copies a program (whose first bytes, `head`, were already read from
 /// `rest`) into an executable memfd. Only ELF programs can run from memory.
-fn to_memfd(head: &[u8], rest: &mut impl Read, name: &str) -> Result<File> {
+fn to_memfd(head: &[u8], rest: &mut (impl Read + ?Sized), name: &str) -> Result<File> {
     if !head.starts_with(b"\x7fELF") {
         let what = if head.starts_with(b"#!") {
             "a #! script, which needs its extracted tree to run"
@@ -331,20 +342,23 @@ pub fn parse_shebang(head: &[u8]) -> Option<(PathBuf, Option<OsString>)> {
     Some((PathBuf::from(OsStr::from_bytes(line.interpreter)), argument))
 }
 
-/// The argument vector for the entry, and the variables the stub sets for
-/// it (`BUNDLE_ROOT`, `BUNDLE_NAME`, `BUNDLE_VERSION`). The rest of the
-/// environment is passed on as it is, by [`sys::exec`], without copying it:
-/// copying every variable was most of the warm start's instructions.
-pub fn command_line(
+/// Fills in the argument vector for the entry, and the variables the stub
+/// sets for it (`BUNDLE_ROOT`, `BUNDLE_NAME`, `BUNDLE_VERSION`, and the
+/// manifest's defaults). The rest of the environment is passed on as it is,
+/// by [`sys::exec`], without copying it: copying every variable was most of
+/// the warm start's instructions. Not inlined, so that [`prepare`]'s frame
+/// stays as small as its warm path needs (see [`extract_into`]).
+#[inline(never)]
+fn command_line(
     bundle: &Bundle<'_>,
-    prepared: &Prepared,
+    launch: &mut Launch,
     default_args: bool,
     user_args: &[String],
-) -> Result<(Vec<CString>, Vec<CString>)> {
+) -> Result<()> {
     let manifest = bundle.manifest();
-    let argv0 = prepared.argv0(bundle);
+    let argv0 = launch.argv0(bundle);
     let mut argv: Vec<Vec<u8>> = Vec::new();
-    match &prepared.plan {
+    match &launch.plan {
         Plan::Script {
             interpreter,
             argument,
@@ -364,7 +378,7 @@ pub fn command_line(
     argv.extend(user_args.iter().map(|a| a.as_bytes().to_vec()));
 
     let mut bundle_env: Vec<Vec<u8>> = Vec::with_capacity(3 + manifest.env.len());
-    let tree = prepared
+    let tree = launch
         .tree
         .as_ref()
         .map(|tree| tree.path.as_os_str().as_bytes());
@@ -374,7 +388,7 @@ pub fn command_line(
     bundle_env.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
     bundle_env.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
     if !manifest.env.is_empty() {
-        let state = cache::state_dir(&prepared.decision, &manifest.name);
+        let state = cache::state_dir(&launch.decision, &manifest.name);
         let state = state.as_ref().map(|dir| dir.as_os_str().as_bytes());
         for (name, value) in &manifest.env {
             // Defaults only: the caller's environment wins.
@@ -387,10 +401,9 @@ pub fn command_line(
         }
     }
     let to_c = |v: Vec<u8>| CString::new(v).context("an argument or variable contains a NUL byte");
-    Ok((
-        argv.into_iter().map(to_c).collect::<Result<_>>()?,
-        bundle_env.into_iter().map(to_c).collect::<Result<_>>()?,
-    ))
+    launch.argv = argv.into_iter().map(to_c).collect::<Result<_>>()?;
+    launch.env = bundle_env.into_iter().map(to_c).collect::<Result<_>>()?;
+    Ok(())
 }
 
 /// An environment default's value with `${BUNDLE_ROOT}` and
@@ -418,18 +431,14 @@ fn expand(value: &str, tree: Option<&[u8]>, state: Option<&[u8]>) -> Option<Vec<
 
 /// Replaces this process with the entry. Returns only on failure, with an
 /// error explaining why the entry could not run.
-pub fn exec(
-    bundle: &Bundle<'_>,
-    prepared: &Prepared,
-    argv: &[CString],
-    bundle_env: &[CString],
-) -> anyhow::Error {
-    if let Some(tree) = &prepared.tree {
+pub fn exec(bundle: &Bundle<'_>, launch: &Launch) -> anyhow::Error {
+    let (argv, bundle_env) = (&launch.argv[..], &launch.env[..]);
+    if let Some(tree) = &launch.tree {
         if let Err(err) = sys::keep_across_exec(&tree.lock) {
             return anyhow::Error::new(err).context("cannot keep the tree lock across exec");
         }
     }
-    let err = match &prepared.plan {
+    let err = match &launch.plan {
         Plan::Path(path) => sys::exec(ExecTarget::Path(path), argv, bundle_env),
         Plan::Memory(file) => sys::exec(
             ExecTarget::Fd(std::os::fd::AsRawFd::as_raw_fd(file)),
@@ -440,13 +449,13 @@ pub fn exec(
             sys::exec(ExecTarget::Path(interpreter), argv, bundle_env)
         }
     };
-    explain_exec_error(bundle, prepared, err)
+    explain_exec_error(bundle, launch, err)
 }
 
 /// Turns an exec failure into a message that names the real cause.
-fn explain_exec_error(bundle: &Bundle<'_>, prepared: &Prepared, err: io::Error) -> anyhow::Error {
-    let entry = prepared.argv0(bundle).to_string_lossy().into_owned();
-    match (err.raw_os_error(), &prepared.plan) {
+fn explain_exec_error(bundle: &Bundle<'_>, launch: &Launch, err: io::Error) -> anyhow::Error {
+    let entry = launch.argv0(bundle).to_string_lossy().into_owned();
+    match (err.raw_os_error(), &launch.plan) {
         (Some(libc::ENOENT), Plan::Script { interpreter, .. }) => coded(
             Exit::NotFound,
             format!(

@@ -35,7 +35,7 @@ use anyhow::{Context, Result};
 use bundle_format::Bundle;
 
 use crate::exit::{Exit, coded, exit_for};
-use crate::launch::{self, Prepared};
+use crate::launch::{self, Launch};
 use crate::sys::{self, Forked, Lock};
 use crate::ui::note;
 
@@ -428,14 +428,9 @@ pub fn state_dir(
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.
-pub fn daemon(
-    bundle: &Bundle<'_>,
-    prepared: &Prepared,
-    argv: &[std::ffi::CString],
-    bundle_env: &[std::ffi::CString],
-) -> Result<i32> {
+pub fn daemon(bundle: &Bundle<'_>, ready: &Launch) -> Result<i32> {
     let name = &bundle.manifest().name;
-    let state = state_dir(bundle, &prepared.decision)?;
+    let state = state_dir(bundle, &ready.decision)?;
     state.ensure()?;
     let _registering = state.registration()?;
     match state.status()? {
@@ -492,7 +487,7 @@ pub fn daemon(
                         .and_then(|()| sys::dup_onto(&log, 2))
                         .and_then(|()| sys::keep_across_exec(&lock));
                     let err = match setup {
-                        Ok(()) => launch::exec(bundle, prepared, argv, bundle_env),
+                        Ok(()) => launch::exec(bundle, ready),
                         Err(err) => anyhow::Error::new(err).context("cannot set up the daemon"),
                     };
                     let code = exit_for(&err).code();

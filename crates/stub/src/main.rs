@@ -176,31 +176,25 @@ fn run(command: Command) -> Result<()> {
 
 /// `start` and `exec`: returns only on failure.
 fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyhow::Error {
-    let result = (|| {
-        let prepared = launch::prepare(bundle)?;
-        let (argv, bundle_env) = launch::command_line(bundle, &prepared, default_args, user_args)?;
-        Ok::<_, anyhow::Error>((prepared, argv, bundle_env))
-    })();
-    let (prepared, argv, bundle_env) = match result {
+    let ready = match launch::prepare(bundle, default_args, user_args) {
         Ok(ready) => ready,
         Err(err) => return err,
     };
-    portable::before_entry(bundle, &prepared);
+    portable::before_entry(bundle, &ready);
     // Not recorded in the pidfile: a foreground instance belongs to whoever
     // started it (a shell, systemd, docker). Recording it would cost a
     // synchronous rename on every start (ext4 flushes replaced files).
     if sys::getpid() == 1 && std::env::var_os("SYDNEY_BUNDLE_INIT").is_none_or(|v| v != "0") {
-        init::run(bundle, &prepared, &argv, &bundle_env);
+        init::run(bundle, &ready);
     }
-    launch::exec(bundle, &prepared, &argv, &bundle_env)
+    launch::exec(bundle, &ready)
 }
 
 fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
-    let prepared = launch::prepare(bundle)?;
-    let (argv, bundle_env) = launch::command_line(bundle, &prepared, true, user_args)?;
-    portable::before_entry(bundle, &prepared);
-    let pid = lifecycle::daemon(bundle, &prepared, &argv, &bundle_env)?;
-    let state = lifecycle::state_dir(bundle, &prepared.decision)?;
+    let ready = launch::prepare(bundle, true, user_args)?;
+    portable::before_entry(bundle, &ready);
+    let pid = lifecycle::daemon(bundle, &ready)?;
+    let state = lifecycle::state_dir(bundle, &ready.decision)?;
     println!(
         "started {} (pid {pid}); log: {}",
         bundle.manifest().name,

@@ -4,15 +4,16 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use bundle_format::checksum::{content_sha256, file_sha256};
 use bundle_format::doctor::Report;
 use bundle_format::portable::{self, Patch};
 use bundle_format::text::{hex, thousands};
 use bundle_format::{Bundle, EntryKind, IndexEntry};
-use sha2::{Digest, Sha256};
 
 use crate::cache::{self, Decision, Mode, Placement};
 use crate::exit::{Exit, coded};
@@ -162,19 +163,15 @@ pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
             .map(str::to_owned),
         ..Report::default()
     };
-    let mut archive = tar::Archive::new(bundle.tar_stream()?);
-    for item in archive.entries().context("cannot read the payload")? {
-        let mut item = item.context("cannot read the payload")?;
-        if item.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let path = String::from_utf8_lossy(&item.path_bytes()).into_owned();
-        let executable = item.header().mode().unwrap_or(0) & 0o111 != 0;
-        let size = item.size();
+    bundle.for_each_file(|file| {
+        let path = String::from_utf8_lossy(file.path).into_owned();
+        let executable = file.executable();
+        let mut contents = file.contents;
         report
-            .add_from(&path, executable, size, &mut item)
+            .add_from(&path, executable, file.size, &mut contents)
             .with_context(|| format!("cannot read {path} from the payload"))?;
-    }
+        Ok::<_, anyhow::Error>(ControlFlow::Continue(()))
+    })?;
     Ok(report)
 }
 
@@ -312,8 +309,7 @@ fn compare_tree(
                     let list: Vec<&Patch> = list.iter().collect();
                     match portable::restore(&list, &absolute, &mut bytes) {
                         Ok(()) => {
-                            let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                            (digest != entry.sha256).then_some("content differs")
+                            (content_sha256(&bytes) != entry.sha256).then_some("content differs")
                         }
                         Err(why) => {
                             problems.push(format!("changed: {} ({why})", entry.path));
@@ -322,7 +318,7 @@ fn compare_tree(
                     }
                 }
                 None => {
-                    let digest = sha256_file(&path)
+                    let digest = file_sha256(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
                     (digest != entry.sha256).then_some("content differs")
                 }
@@ -481,17 +477,4 @@ pub fn clean(bundle: &Bundle<'_>, all: bool) -> Result<String> {
 /// `1,234,567 bytes`.
 fn bytes(n: u64) -> String {
     format!("{} bytes", thousands(n))
-}
-
-/// SHA-256 of a file's contents.
-fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 128 * 1024];
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok(hasher.finalize().into()),
-            n => hasher.update(&buf[..n]),
-        }
-    }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use bundle_format::Bundle;
 use bundle_format::portable::EPMD_KEY;
 
-use crate::launch::Prepared;
+use crate::launch::Launch;
 use crate::sys::{self, ExecTarget, Forked};
 
 /// The shell `system()` runs.
@@ -26,11 +26,11 @@ const SYSTEM_SHELL: &str = "/bin/sh";
 /// Starts the payload's epmd daemon if the manifest names one, the entry
 /// has its tree, and the host has no `/bin/sh`. Costs one `stat` otherwise.
 /// Failures are not errors: without epmd the node reports its own.
-pub fn before_entry(bundle: &Bundle<'_>, prepared: &Prepared) {
+pub fn before_entry(bundle: &Bundle<'_>, ready: &Launch) {
     let Some(epmd) = bundle.manifest().build_value(EPMD_KEY) else {
         return;
     };
-    let Some(tree) = &prepared.tree else {
+    let Some(tree) = &ready.tree else {
         return;
     };
     if Path::new(SYSTEM_SHELL).exists() {
