@@ -53,7 +53,7 @@ pub fn decoder<'a>(
 ) -> Result<Box<dyn Read + Send + 'a>> {
     match codec {
         #[cfg(feature = "gzip")]
-        Codec::Gzip => Ok(Box::new(flate2::bufread::GzDecoder::new(payload))),
+        Codec::Gzip => Ok(Box::new(gzip_body(payload)?)),
         #[cfg(feature = "zstd")]
         Codec::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
@@ -69,6 +69,30 @@ pub fn decoder<'a>(
             Err(FormatError::CodecUnavailable(other.name()))
         }
     }
+}
+
+/// The deflate stream of the one gzip member our packer writes, after its
+/// fixed 10-byte header (no optional fields: docs/FORMAT.md). The member's
+/// CRC-32 trailer is not checked: the payload's SHA-256 covers every byte,
+/// and leaving it out keeps flate2's second CRC-32 table out of the stub
+/// (docs/decisions/0070-no-panic-locations.md, "Consequences").
+#[cfg(feature = "gzip")]
+fn gzip_body<'a>(
+    mut payload: impl BufRead + Send + 'a,
+) -> Result<flate2::bufread::DeflateDecoder<impl BufRead + Send + 'a>> {
+    /// ID1, ID2, CM (deflate), FLG (no FTEXT, FHCRC, FEXTRA, FNAME, FCOMMENT).
+    const EXPECTED: [u8; 4] = [0x1f, 0x8b, 8, 0];
+    let mut header = [0u8; 10];
+    payload
+        .read_exact(&mut header)
+        .map_err(|err| FormatError::CorruptPayload(format!("gzip header: {err}")))?;
+    if header[..4] != EXPECTED {
+        return Err(FormatError::CorruptPayload(format!(
+            "gzip header {:02x?} is not the one the packer writes (one member, no optional fields)",
+            &header[..4]
+        )));
+    }
+    Ok(flate2::bufread::DeflateDecoder::new(payload))
 }
 
 /// The codecs this build can decode.
@@ -183,5 +207,41 @@ mod encode {
                 Encoder::Zstd(e) => e.flush(),
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "pack"))]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = Encoder::new(Codec::Gzip, 9, Vec::new()).unwrap();
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn the_streaming_gzip_decoder_reads_what_the_packer_writes() {
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        decoder(Codec::Gzip, &gzip(&data)[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == data, "round trip differs");
+    }
+
+    #[test]
+    fn a_gzip_header_the_packer_never_writes_is_refused() {
+        let mut member = gzip(b"hello");
+        member[3] = 0x08; // FNAME
+        let err = decoder(Codec::Gzip, &member[..]).err().unwrap();
+        assert!(matches!(err, FormatError::CorruptPayload(_)), "{err}");
+        let err = decoder(Codec::Gzip, &member[..5]).err().unwrap();
+        assert!(matches!(err, FormatError::CorruptPayload(_)), "{err}");
     }
 }
