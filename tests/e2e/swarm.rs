@@ -400,11 +400,27 @@ fn probe(addr: SocketAddr) -> (Outcome, String) {
         return (Outcome::Bad, format!("send: {err}"));
     }
     let mut response = Vec::new();
-    if let Err(err) = stream.read_to_end(&mut response) {
-        return (
-            Outcome::Bad,
-            format!("reset mid-response after {} bytes: {err}", response.len()),
-        );
+    match stream.read_to_end(&mut response) {
+        // Not one byte of response: nothing was processed (see the variant).
+        Ok(_) if response.is_empty() => {
+            return (
+                Outcome::ClosedBeforeResponse,
+                "closed with no answer".into(),
+            );
+        }
+        Err(err) if response.is_empty() && err.kind() == ErrorKind::ConnectionReset => {
+            return (
+                Outcome::ClosedBeforeResponse,
+                format!("reset before any answer: {err}"),
+            );
+        }
+        Err(err) => {
+            return (
+                Outcome::Bad,
+                format!("reset mid-response after {} bytes: {err}", response.len()),
+            );
+        }
+        Ok(_) => {}
     }
     let text = String::from_utf8_lossy(&response);
     if text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\nOk") {
