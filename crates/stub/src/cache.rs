@@ -22,7 +22,9 @@ mod probe;
 
 use std::path::PathBuf;
 
-pub use chain::{Candidate, Env, Source, candidates};
+use bundle_format::Bundle;
+
+pub use chain::{Candidate, Env, NoStateDir, STATE_DIR, Source, candidates};
 pub use probe::check_private;
 
 /// How the entry will run from a chosen root.
@@ -237,16 +239,47 @@ fn walk(
     })
 }
 
-/// The state directory (pidfile, lock, log) for bundle `name`:
-/// `SYDNEY_BUNDLE_STATE_DIR` if set, else `<root>/state/<name>` under the
-/// chosen cache root.
-pub fn state_dir(decision: &Decision, name: &str) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SYDNEY_BUNDLE_STATE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir));
+/// What the chain would choose here for `bundle`, creating nothing (for
+/// `inspect`, `verify --deep`, `clean` and the control commands).
+pub fn preview_bundle(env: &Env, bundle: &Bundle<'_>) -> Result<Decision, ExplicitRefused> {
+    let candidates = candidates(env, bundle.manifest().default_cache_dir.as_deref());
+    preview(&candidates, &bundle.tree_dir_name())
+}
+
+/// The state directory of bundle `name` under `decision` (see
+/// [`chain::state_dir`]).
+pub fn state_dir(env: &Env, decision: &Decision, name: &str) -> Result<PathBuf, NoStateDir> {
+    chain::state_dir(
+        env,
+        decision.root().map(|root| root.candidate.root.as_path()),
+        name,
+    )
+}
+
+/// The state directory for `stop`, `pid` and `restart`: where a running
+/// `daemon` recorded itself. With neither `SYDNEY_BUNDLE_DIR` nor
+/// `SYDNEY_BUNDLE_STATE_DIR` set, `daemon` may have passed over a full root
+/// that the preview, which writes nothing, still picks; so the first
+/// private root of the chain holding a pidfile for `name` wins, and the
+/// preview's choice otherwise.
+pub fn control_state_dir(
+    env: &Env,
+    bundle: &Bundle<'_>,
+    preview: &Decision,
+) -> Result<PathBuf, NoStateDir> {
+    let name = &bundle.manifest().name;
+    if env.bundle_dir.is_none() && env.state_dir.is_none() {
+        let baked = bundle.manifest().default_cache_dir.as_deref();
+        for candidate in candidates(env, baked) {
+            let private = std::fs::symlink_metadata(&candidate.root)
+                .is_ok_and(|meta| check_private(&meta).is_ok());
+            let dir = chain::state_dir_in(&candidate.root, name);
+            if private && std::fs::symlink_metadata(dir.join("pid")).is_ok() {
+                return Ok(dir);
+            }
+        }
     }
-    decision
-        .root()
-        .map(|root| root.candidate.root.join("state").join(name))
+    state_dir(env, preview, name)
 }
 
 #[cfg(test)]

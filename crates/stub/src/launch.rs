@@ -45,6 +45,8 @@ pub struct Launch {
     pub tree: Option<Tree>,
     /// The chain's decision (for the state dir).
     pub decision: Decision,
+    /// The environment the chain was read from (for the state dir).
+    pub cache_env: cache::Env,
     /// The entry's argument vector.
     pub argv: Vec<CString>,
     /// The variables the stub sets for the entry (see [`command_line`]).
@@ -66,17 +68,15 @@ impl Launch {
 pub fn prepare(bundle: &Bundle<'_>, default_args: bool, user_args: &[String]) -> Result<Launch> {
     let manifest = bundle.manifest();
     let tree_name = bundle.tree_dir_name();
-    let candidates = cache::candidates(
-        &cache::Env::from_process(),
-        manifest.default_cache_dir.as_deref(),
-    );
+    let cache_env = cache::Env::from_process();
+    let candidates = cache::candidates(&cache_env, manifest.default_cache_dir.as_deref());
     let mut skip = Vec::new();
     let mut launch = loop {
         let decision = cache::choose(&candidates, &tree_name, &skip)
             .map_err(cache::ExplicitRefused::into_error)?;
         let root = match &decision.placement {
             Placement::Root(root) => root.clone(),
-            Placement::Memory => break prepare_in_memory(bundle, decision)?,
+            Placement::Memory => break prepare_in_memory(bundle, decision, cache_env)?,
         };
         announce(&decision);
         let tree_path = root.candidate.root.join(&tree_name);
@@ -117,6 +117,7 @@ pub fn prepare(bundle: &Bundle<'_>, default_args: bool, user_args: &[String]) ->
             plan,
             tree: Some(tree),
             decision,
+            cache_env,
             argv: Vec::new(),
             env: Vec::new(),
         };
@@ -195,7 +196,11 @@ fn skipped(decision: &Decision) -> String {
 
 /// Nothing writable: run the entry from memory, without a tree.
 #[inline(never)]
-fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Launch> {
+fn prepare_in_memory(
+    bundle: &Bundle<'_>,
+    decision: Decision,
+    cache_env: cache::Env,
+) -> Result<Launch> {
     let manifest = bundle.manifest();
     if manifest.needs_tree {
         return Err(coded(
@@ -239,6 +244,7 @@ fn prepare_in_memory(bundle: &Bundle<'_>, decision: Decision) -> Result<Launch> 
         plan: Plan::Memory(memfd),
         tree: None,
         decision,
+        cache_env,
         argv: Vec::new(),
         env: Vec::new(),
     })
@@ -388,7 +394,7 @@ fn command_line(
     bundle_env.push(format!("BUNDLE_NAME={}", manifest.name).into_bytes());
     bundle_env.push(format!("BUNDLE_VERSION={}", manifest.version).into_bytes());
     if !manifest.env.is_empty() {
-        let state = cache::state_dir(&launch.decision, &manifest.name);
+        let state = cache::state_dir(&launch.cache_env, &launch.decision, &manifest.name).ok();
         let state = state.as_ref().map(|dir| dir.as_os_str().as_bytes());
         for (name, value) in &manifest.env {
             // Defaults only: the caller's environment wins.

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bundle_format::Bundle;
 
+use crate::cache;
 use crate::exit::{Exit, coded, exit_for};
 use crate::launch::{self, Launch};
 use crate::sys::{self, Forked, Lock};
@@ -111,7 +112,7 @@ impl StateDir {
                 )));
             }
         };
-        crate::cache::check_private(&meta).map_err(|reason| {
+        cache::check_private(&meta).map_err(|reason| {
             coded(
                 Exit::UnsafeCacheDir,
                 format!(
@@ -397,40 +398,39 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start_time))
 }
 
-/// The state dir for this bundle under the chain's decision.
+/// The state dir that [`cache::state_dir`] located, or the error that
+/// explains why there is none (exit 20).
 pub fn state_dir(
-    bundle: &Bundle<'_>,
-    prepared_decision: &crate::cache::Decision,
+    located: Result<PathBuf, cache::NoStateDir>,
+    decision: &cache::Decision,
 ) -> Result<StateDir> {
-    let dir =
-        crate::cache::state_dir(prepared_decision, &bundle.manifest().name).ok_or_else(|| {
-            coded(
-                Exit::NoCacheDir,
-                format!(
-                    "no writable directory for the pidfile and log (tried {}); \
-                     set SYDNEY_BUNDLE_STATE_DIR or SYDNEY_BUNDLE_DIR",
-                    prepared_decision.refusal_summary()
-                ),
-            )
-        })?;
-    // Relative to the working directory, `stop` run from elsewhere would
-    // look in another place and say "not running".
-    if !dir.is_absolute() {
-        return Err(coded(
+    match located {
+        Ok(dir) => Ok(StateDir::new(dir)),
+        Err(cache::NoStateDir::NoRoot) => Err(coded(
+            Exit::NoCacheDir,
+            format!(
+                "no writable directory for the pidfile and log (tried {}); \
+                 set SYDNEY_BUNDLE_STATE_DIR or SYDNEY_BUNDLE_DIR",
+                decision.refusal_summary()
+            ),
+        )),
+        Err(cache::NoStateDir::NotAbsolute(dir)) => Err(coded(
             Exit::NoCacheDir,
             format!(
                 "cannot use SYDNEY_BUNDLE_STATE_DIR={}: it is not an absolute path",
                 dir.display()
             ),
-        ));
+        )),
     }
-    Ok(StateDir::new(dir))
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.
 pub fn daemon(bundle: &Bundle<'_>, ready: &Launch) -> Result<i32> {
     let name = &bundle.manifest().name;
-    let state = state_dir(bundle, &ready.decision)?;
+    let state = state_dir(
+        cache::state_dir(&ready.cache_env, &ready.decision, name),
+        &ready.decision,
+    )?;
     state.ensure()?;
     let _registering = state.registration()?;
     match state.status()? {

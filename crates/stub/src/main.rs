@@ -194,7 +194,10 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
     let ready = launch::prepare(bundle, true, user_args)?;
     portable::before_entry(bundle, &ready);
     let pid = lifecycle::daemon(bundle, &ready)?;
-    let state = lifecycle::state_dir(bundle, &ready.decision)?;
+    let state = lifecycle::state_dir(
+        cache::state_dir(&ready.cache_env, &ready.decision, &bundle.manifest().name),
+        &ready.decision,
+    )?;
     println!(
         "started {} (pid {pid}); log: {}",
         bundle.manifest().name,
@@ -206,25 +209,10 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
 /// The state dir for `stop`, `pid` and `restart`: the same chain walk as
 /// `start`, without creating or extracting anything.
 fn state_for_control(bundle: &Bundle<'_>) -> Result<lifecycle::StateDir> {
-    let decision = maint::preview(bundle)?;
     let env = cache::Env::from_process();
-    let named = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
-    if env.bundle_dir.is_none() && !named("SYDNEY_BUNDLE_STATE_DIR") {
-        // `daemon` may have passed over a full root that the preview, which
-        // writes nothing, still picks: look for its pidfile in every
-        // private root of the chain, in order.
-        let name = &bundle.manifest().name;
-        let baked = bundle.manifest().default_cache_dir.as_deref();
-        for candidate in cache::candidates(&env, baked) {
-            let private = std::fs::symlink_metadata(&candidate.root)
-                .is_ok_and(|meta| cache::check_private(&meta).is_ok());
-            let dir = candidate.root.join("state").join(name);
-            if private && std::fs::symlink_metadata(dir.join("pid")).is_ok() {
-                return Ok(lifecycle::StateDir::new(dir));
-            }
-        }
-    }
-    lifecycle::state_dir(bundle, &decision)
+    let decision =
+        cache::preview_bundle(&env, bundle).map_err(cache::ExplicitRefused::into_error)?;
+    lifecycle::state_dir(cache::control_state_dir(&env, bundle, &decision), &decision)
 }
 
 #[cfg(test)]

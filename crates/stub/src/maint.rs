@@ -21,11 +21,8 @@ use crate::tree;
 
 /// What the chain would choose here, without creating anything.
 pub fn preview(bundle: &Bundle<'_>) -> Result<Decision> {
-    let candidates = cache::candidates(
-        &cache::Env::from_process(),
-        bundle.manifest().default_cache_dir.as_deref(),
-    );
-    cache::preview(&candidates, &bundle.tree_dir_name()).map_err(cache::ExplicitRefused::into_error)
+    cache::preview_bundle(&cache::Env::from_process(), bundle)
+        .map_err(cache::ExplicitRefused::into_error)
 }
 
 /// `inspect`: the manifest, sizes, digest, and where it would run from.

@@ -48,7 +48,7 @@ pub fn open() -> Result<SelfFile> {
         if let Some(map) = File::open(path)
             .ok()
             .and_then(|file| crate::sys::map_own_executable(&file).ok())
-            .filter(|map| crate::sys::is_running_image(map))
+            .filter(|map| is_running_image(map))
         {
             return Ok(SelfFile {
                 opened_as: path.clone(),
@@ -106,6 +106,32 @@ fn candidates(exec_path: Option<PathBuf>) -> Vec<PathBuf> {
     out
 }
 
+/// True if `file` holds the executable image this process is running: its
+/// program headers are the ones the kernel loaded us by (`AT_PHDR`), and
+/// its build-id note is the one in our memory. A file replaced since exec
+/// by another build fails this; one without a build id always does.
+pub fn is_running_image(file: &[u8]) -> bool {
+    let Some(id) = bundle_format::elf::image_identity(file) else {
+        return false;
+    };
+    let Some((phdr, ours)) = crate::sys::loaded_program_headers() else {
+        return false;
+    };
+    if ours != &file[id.program_headers.clone()] {
+        return false;
+    }
+    // Same program headers, so every segment sits where the file says,
+    // moved by one load bias.
+    let bias = (phdr as u64).wrapping_sub(id.program_headers_addr);
+    let note = id.build_id_note_addr.wrapping_add(bias) as *const u8;
+    // SAFETY: image_identity checked that the note lies inside a readable
+    // loadable segment of these very program headers (equal to the ones the
+    // kernel loaded us by), which the kernel mapped at its address plus the
+    // load bias for our whole life.
+    let ours = unsafe { std::slice::from_raw_parts(note, id.build_id_note.len()) };
+    ours == &file[id.build_id_note]
+}
+
 fn map(file: File, path: PathBuf) -> Result<SelfFile> {
     let map = crate::sys::map_own_executable(&file)
         .with_context(|| format!("cannot map {}", path.display()))?;
@@ -113,4 +139,27 @@ fn map(file: File, path: PathBuf) -> Result<SelfFile> {
         opened_as: path,
         map,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_image_is_recognised_and_nothing_else() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(is_running_image(&exe));
+
+        // Another build: the same file with one byte of the build id changed.
+        let id = bundle_format::elf::image_identity(&exe).unwrap();
+        let mut other = exe.clone();
+        other[id.build_id_note.end - 1] ^= 0x01;
+        assert!(!is_running_image(&other));
+
+        // Another program, and not a program at all.
+        let true_program = std::fs::read("/bin/true").unwrap();
+        assert!(!is_running_image(&true_program));
+        assert!(!is_running_image(b"#!/bin/sh\n"));
+        assert!(!is_running_image(&exe[..64]));
+    }
 }

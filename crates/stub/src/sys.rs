@@ -272,16 +272,13 @@ pub fn exec_path_from_auxv() -> Option<std::path::PathBuf> {
     Some(Path::new(OsStr::from_bytes(bytes)).to_owned())
 }
 
-/// True if `file` holds the executable image this process is running: its
-/// program headers are the ones the kernel loaded us by (`AT_PHDR`), and
-/// its build-id note is the one in our memory. A file replaced since exec
-/// by another build fails this; one without a build id always does.
-pub fn is_running_image(file: &[u8]) -> bool {
-    /// Size of one ELF64 program header.
-    const PHDR_LEN: usize = 56;
-    let Some(id) = bundle_format::elf::image_identity(file) else {
-        return false;
-    };
+/// Size of one ELF64 program header.
+const PHDR_LEN: usize = 56;
+
+/// This process's program header table where the kernel mapped it
+/// (`AT_PHDR`, `AT_PHNUM`): its address and its bytes. `None` if the
+/// auxiliary vector does not say.
+pub fn loaded_program_headers() -> Option<(usize, &'static [u8])> {
     // SAFETY: getauxval has no preconditions.
     let (phdr, phnum) = unsafe {
         (
@@ -289,28 +286,14 @@ pub fn is_running_image(file: &[u8]) -> bool {
             libc::getauxval(libc::AT_PHNUM),
         )
     };
-    let Ok(phnum) = usize::try_from(phnum) else {
-        return false;
-    };
-    if phdr == 0 || phnum.checked_mul(PHDR_LEN) != Some(id.program_headers.len()) {
-        return false;
-    }
+    let phdr = usize::try_from(phdr).ok().filter(|&addr| addr != 0)?;
+    let len = usize::try_from(phnum).ok()?.checked_mul(PHDR_LEN)?;
     // SAFETY: AT_PHDR is where the kernel mapped this process's program
     // header table, AT_PHNUM entries of PHDR_LEN bytes (we are ELF64); the
-    // C library's start-up has read it already, and it stays mapped.
-    let ours = unsafe { std::slice::from_raw_parts(phdr as *const u8, id.program_headers.len()) };
-    if ours != &file[id.program_headers.clone()] {
-        return false;
-    }
-    // Same program headers, so every segment sits where the file says,
-    // moved by one load bias.
-    let bias = phdr.wrapping_sub(id.program_headers_addr);
-    let note = id.build_id_note_addr.wrapping_add(bias) as *const u8;
-    // SAFETY: image_identity checked that the note lies inside a readable
-    // loadable segment of these very program headers, which the kernel
-    // mapped at its address plus the load bias for our whole life.
-    let ours = unsafe { std::slice::from_raw_parts(note, id.build_id_note.len()) };
-    ours == &file[id.build_id_note]
+    // C library's start-up has read it already, and it stays mapped for the
+    // life of the process.
+    let table = unsafe { std::slice::from_raw_parts(phdr as *const u8, len) };
+    Some((phdr, table))
 }
 
 /// The result of a fork, seen from one side.
@@ -491,24 +474,6 @@ pub fn map_own_executable(file: &File) -> io::Result<memmap2::Mmap> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_running_image_is_recognised_and_nothing_else() {
-        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(is_running_image(&exe));
-
-        // Another build: the same file with one byte of the build id changed.
-        let id = bundle_format::elf::image_identity(&exe).unwrap();
-        let mut other = exe.clone();
-        other[id.build_id_note.end - 1] ^= 0x01;
-        assert!(!is_running_image(&other));
-
-        // Another program, and not a program at all.
-        let true_program = std::fs::read("/bin/true").unwrap();
-        assert!(!is_running_image(&true_program));
-        assert!(!is_running_image(b"#!/bin/sh\n"));
-        assert!(!is_running_image(&exe[..64]));
-    }
 
     #[test]
     fn env_names() {

@@ -37,7 +37,6 @@ pub const MARKER: &str = bundle_format::paths::MARKER_NAME;
 /// for deletion.
 pub const ROOT_MARKER: &str = ".sydney-bundle-cache";
 /// The state directories' parent in a cache root.
-const STATE_DIR: &str = "state";
 /// Older versions of a bundle kept besides the current one.
 pub const KEEP_OLDER: usize = 2;
 
@@ -326,8 +325,10 @@ pub fn owns_root(root: &Path) -> bool {
         if name == ROOT_MARKER {
             continue; // adopted by a concurrent process meanwhile
         }
-        let ours =
-            name == STATE_DIR || is_tree_name(name) || is_temp_name(name) || is_gc_name(name);
+        let ours = name == crate::cache::STATE_DIR
+            || is_tree_name(name)
+            || is_temp_name(name)
+            || is_gc_name(name);
         if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             return false;
         }

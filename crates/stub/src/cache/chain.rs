@@ -51,6 +51,8 @@ pub struct Env {
     pub home: Option<OsString>,
     /// `TMPDIR`.
     pub tmpdir: Option<OsString>,
+    /// `SYDNEY_BUNDLE_STATE_DIR`.
+    pub state_dir: Option<OsString>,
     /// The effective uid.
     pub uid: u32,
 }
@@ -64,6 +66,7 @@ impl Env {
             xdg_cache_home: var("XDG_CACHE_HOME"),
             home: var("HOME"),
             tmpdir: var("TMPDIR"),
+            state_dir: var("SYDNEY_BUNDLE_STATE_DIR"),
             uid: sys::geteuid(),
         }
     }
@@ -110,6 +113,42 @@ pub fn candidates(env: &Env, baked: Option<&str>) -> Vec<Candidate> {
     out
 }
 
+/// Why a bundle has no state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoStateDir {
+    /// No cache root was chosen and `SYDNEY_BUNDLE_STATE_DIR` is unset.
+    NoRoot,
+    /// `SYDNEY_BUNDLE_STATE_DIR` is relative: `stop` run from another
+    /// directory would look elsewhere and say "not running".
+    NotAbsolute(PathBuf),
+}
+
+/// The state directory (pidfile, lock, log) of bundle `name`:
+/// `SYDNEY_BUNDLE_STATE_DIR` if set, else `<root>/state/<name>` under the
+/// chosen cache root.
+pub fn state_dir(env: &Env, chosen_root: Option<&Path>, name: &str) -> Result<PathBuf, NoStateDir> {
+    if let Some(dir) = &env.state_dir {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() {
+            Ok(dir)
+        } else {
+            Err(NoStateDir::NotAbsolute(dir))
+        };
+    }
+    chosen_root
+        .map(|root| state_dir_in(root, name))
+        .ok_or(NoStateDir::NoRoot)
+}
+
+/// Where the state directory of bundle `name` is under cache root `root`.
+pub fn state_dir_in(root: &Path, name: &str) -> PathBuf {
+    root.join(STATE_DIR).join(name)
+}
+
+/// The folder of every cache root that holds the state directories (the
+/// housekeeping in `tree` leaves it alone).
+pub const STATE_DIR: &str = "state";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +160,7 @@ mod tests {
             xdg_cache_home: Some("/xdg".into()),
             home: Some("/home/u".into()),
             tmpdir: Some("/var/tmp".into()),
+            state_dir: None,
             uid: 1000,
         };
         let roots: Vec<_> = candidates(&env, Some("/baked"))
@@ -159,5 +199,23 @@ mod tests {
             ..Env::default()
         };
         assert_eq!(candidates(&env, None).len(), 1);
+    }
+
+    #[test]
+    fn the_state_dir_is_explicit_or_under_the_chosen_root() {
+        let mut env = Env::default();
+        let root = Path::new("/cache");
+        assert_eq!(
+            state_dir(&env, Some(root), "app"),
+            Ok(PathBuf::from("/cache/state/app"))
+        );
+        assert_eq!(state_dir(&env, None, "app"), Err(NoStateDir::NoRoot));
+        env.state_dir = Some("/run/app".into());
+        assert_eq!(state_dir(&env, None, "app"), Ok(PathBuf::from("/run/app")));
+        env.state_dir = Some("run/app".into());
+        assert_eq!(
+            state_dir(&env, Some(root), "app"),
+            Err(NoStateDir::NotAbsolute(PathBuf::from("run/app")))
+        );
     }
 }
