@@ -48,9 +48,9 @@ const ENTRYPOINT: &str = "#!/bin/sh\n\
 /// (docs/decisions/0008-warm-start-one-code-path.md).
 pub const CHEAP_PER_ROUND: usize = 5;
 
-/// Peers measured on this kind of machine (LESSONS.md), for context only.
-const PEERS: &str = "Peers measured earlier on this kind of machine, for context only: \
-    makeself 70 ms, tar trick 12.5 ms, warp 7.9 ms cold / 2.2 ms warm, direct 0.84 ms.";
+/// Where the peers measured earlier on this kind of machine are, for context.
+const PEERS: &str = "Peers measured earlier on this kind of machine (warp, makeself, the tar trick): \
+    docs/decisions/0023-reading-results-on-shared-vms.md.";
 
 /// What to do before each run, outside the timed region.
 #[derive(Debug)]
