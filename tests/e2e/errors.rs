@@ -130,12 +130,12 @@ fn unknown_format_version_and_appended_bytes_are_named() {
     let bytes = fs::read(&artifacts().bundle).unwrap();
     let len = bytes.len();
     let mut newer = bytes.clone();
-    newer[len - 12] = 3; // format_version, just before the end magic
+    newer[len - 12] = 4; // format_version, just before the end magic
     expect_rejected(
-        "version 3",
+        "version 4",
         &newer,
         13,
-        "unsupported bundle format version 3",
+        "unsupported bundle format version 4",
     );
     let mut appended = bytes.clone();
     appended.extend_from_slice(b"junk after the bundle");

@@ -1,4 +1,4 @@
-//! The byte layout of a bundle, format version 2 (see `docs/FORMAT.md`).
+//! The byte layout of a bundle, format version 3 (see `docs/FORMAT.md`).
 //!
 //! ```text
 //! 0                 stub_len        +32             manifest_offset  index_offset   len-160    len
@@ -17,7 +17,7 @@ use crate::error::{FormatError, Result};
 /// Marks the start of the lead-in and the very end of the trailer.
 pub const MAGIC: [u8; 8] = *b"\x7fSYDBNDL";
 /// The only format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Length of the lead-in that directly follows the stub.
 pub const LEAD_IN_LEN: usize = 32;
 /// Length of the fixed trailer at the end of the file.
@@ -367,7 +367,7 @@ mod tests {
         b[32] = 45; // index offset
         b[40] = 1; // index len
         b[144] = 160; // trailer length
-        b[148] = 2; // format version
+        b[148] = 3; // format version
         b[152..160].copy_from_slice(b"\x7fSYDBNDL");
         let check = trailer_check(&b);
         b[136..144].copy_from_slice(&check);
@@ -483,12 +483,12 @@ mod tests {
     fn unknown_version_is_named() {
         let mut file = fake(64, b"p", b"m", b"i");
         let n = file.len();
-        file[n - 12] = 3;
+        file[n - 12] = 4;
         assert!(matches!(
             locate_with(&file, |_| Some(64)),
             Err(FormatError::UnsupportedVersion {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             })
         ));
     }

@@ -2,7 +2,7 @@
 //! (every entry of the payload, for `inspect --files` and `verify --deep`).
 //!
 //! Both are encoded with postcard: compact, no self-description, and cheap to
-//! decode in the stub. Field order is part of format version 2 and is listed
+//! decode in the stub. Field order is part of format version 3 and is listed
 //! in `docs/FORMAT.md`. Decoding validates every field that later becomes a
 //! path, so code past this point can trust them.
 
@@ -215,11 +215,15 @@ pub struct IndexEntry {
     pub link: Option<String>,
 }
 
-/// Every entry of the payload, in archive order.
+/// Every entry of the payload, in archive order, and the doctor's report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
     /// The entries.
     pub entries: Vec<IndexEntry>,
+    /// The doctor's report on the payload as packed (which hosts it runs
+    /// on, and what it needs from them), rendered by the packer for
+    /// `inspect --doctor`. Since format version 3.
+    pub doctor: String,
 }
 
 impl Index {
@@ -397,6 +401,7 @@ mod tests {
                 sha256: [1; 32],
                 link: None,
             }],
+            doctor: "runs on: FROM scratch\n".into(),
         };
         assert_eq!(Index::decode(&index.encode()).unwrap(), index);
         let mut bad = index.clone();

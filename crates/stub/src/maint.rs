@@ -4,13 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bundle_format::checksum::{content_sha256, file_sha256};
-use bundle_format::doctor::Report;
 use bundle_format::portable::{self, Patch};
 use bundle_format::text::{hex, thousands};
 use bundle_format::{Bundle, EntryKind, IndexEntry};
@@ -91,8 +89,9 @@ pub fn inspect(bundle: &Bundle<'_>, path: &Path, files: bool, doctor: bool) -> R
         }
     }
     if doctor {
+        // Rendered by the packer (docs/decisions/0071-doctor-report-at-pack-time.md).
         out.push('\n');
-        out.push_str(&doctor_report(bundle)?.render());
+        out.push_str(&bundle.index()?.doctor);
     }
     Ok(out)
 }
@@ -147,29 +146,6 @@ fn describe_entry(entry: &IndexEntry) -> String {
             entry.link.as_deref().unwrap_or("?")
         ),
     }
-}
-
-/// Streams the (verified) payload and examines every ELF file and
-/// executable script.
-pub fn doctor_report(bundle: &Bundle<'_>) -> Result<Report> {
-    bundle.verify_payload()?;
-    let mut report = Report {
-        portable: bundle
-            .manifest()
-            .build_value(portable::BUILD_KEY)
-            .map(str::to_owned),
-        ..Report::default()
-    };
-    bundle.for_each_file(|file| {
-        let path = String::from_utf8_lossy(file.path).into_owned();
-        let executable = file.executable();
-        let mut contents = file.contents;
-        report
-            .add_from(&path, executable, file.size, &mut contents)
-            .with_context(|| format!("cannot read {path} from the payload"))?;
-        Ok::<_, anyhow::Error>(ControlFlow::Continue(()))
-    })?;
-    Ok(report)
 }
 
 /// `verify`: the payload digest; with `deep`, also the extracted tree.

@@ -130,6 +130,7 @@ pub fn pack(
     let hashed = counted.inner.finish().map_err(write_err)?;
     let (mut sink, payload_len, payload_sha256) = hashed.finish();
 
+    index.doctor = doctor_report(&entries, &build)?;
     let index_bytes = index.encode();
     build.push((LEVEL_BUILD_KEY.to_owned(), level.to_string()));
     build.sort();
@@ -180,6 +181,36 @@ pub fn pack(
 
 /// Appends one entry with a deterministic header; returns the SHA-256 of a
 /// file's contents (zero for directories and symlinks).
+/// The bytes of a file entry as they are packed.
+fn open_source(entry: &SourceEntry) -> Result<Box<dyn Read>> {
+    Ok(match &entry.contents {
+        Some(contents) => Box::new(io::Cursor::new(contents.clone())),
+        None => Box::new(
+            File::open(&entry.path)
+                .map_err(|err| FormatError::io("cannot open", &entry.path, err))?,
+        ),
+    })
+}
+
+/// The doctor's report on the payload as packed, rendered for the index:
+/// `inspect --doctor` prints it, so the stub carries no ELF analysis
+/// (docs/decisions/0071-doctor-report-at-pack-time.md).
+fn doctor_report(entries: &[SourceEntry], build: &[(String, String)]) -> Result<String> {
+    let mut report = crate::doctor::Report {
+        portable: (build.iter())
+            .find(|(key, _)| key == crate::portable::BUILD_KEY)
+            .map(|(_, value)| value.clone()),
+        ..crate::doctor::Report::default()
+    };
+    for entry in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let mut source = open_source(entry)?.take(entry.size);
+        report
+            .add_from(&entry.rel, entry.mode & 0o111 != 0, entry.size, &mut source)
+            .map_err(|err| FormatError::io("cannot read", &entry.path, err))?;
+    }
+    Ok(report.render())
+}
+
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     entry: &SourceEntry,
@@ -210,13 +241,7 @@ fn append<W: Write>(
         EntryKind::File => {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(entry.size);
-            let source: Box<dyn Read> = match &entry.contents {
-                Some(contents) => Box::new(io::Cursor::new(contents.clone())),
-                None => Box::new(
-                    File::open(&entry.path)
-                        .map_err(|err| FormatError::io("cannot open", &entry.path, err))?,
-                ),
-            };
+            let source = open_source(entry)?;
             let mut reader = HashingReader {
                 inner: source.take(entry.size),
                 hasher: Sha256::new(),
