@@ -6,11 +6,14 @@
 //!
 //! Where they come from: `SYDNEY_PACK_STUBS=DIR` if set, else this
 //! workspace's `target/bundle/stubs/` (where every xtask that builds stubs
-//! keeps them). Either holds `bundle-stub-gzip` and `bundle-stub-zstd`.
+//! keeps them). Either holds `bundle-stub-gzip`, `bundle-stub-zstd` and
+//! `bundle-stub-signed` (the stub of signed bundles).
 
 use std::path::{Path, PathBuf};
 
-const CODECS: [&str; 2] = ["gzip", "zstd"];
+// The codec stubs, and `signed`: the stub of signed bundles (both
+// decoders and the signature checks; docs/decisions/0081).
+const CODECS: [&str; 3] = ["gzip", "zstd", "signed"];
 
 fn main() {
     println!("cargo::rerun-if-env-changed=SYDNEY_PACK_STUBS");
@@ -56,7 +59,7 @@ fn main() {
             println!(
                 "cargo::error=sydney-pack embeds the bundle stubs, and {} is missing in {source}; \
                  run `cargo xtask stubs` first (it builds them statically), or set \
-                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip and bundle-stub-zstd",
+                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip, bundle-stub-zstd and bundle-stub-signed",
                 path.display()
             );
             return;

@@ -228,13 +228,34 @@ impl Toolchain {
         Ok(kept)
     }
 
+    /// Builds the stub of signed bundles: both decoders and the signature
+    /// checks (feature `signatures`), kept as target/bundle/stubs/
+    /// bundle-stub-signed. The default stubs stay without ed25519 (the
+    /// bundle size budget); docs/decisions/0081-verifier-only-in-the-signed-stub.md.
+    pub fn build_signed_stub(&self) -> Result<PathBuf> {
+        let _lock = self.lock_stub_builds()?;
+        let (built, _map) = self.link_stub_variant(SIGNED_STUB, &["gzip", "zstd", "signatures"])?;
+        let mut kept = signed_stub_path();
+        if self.target != MUSL {
+            kept.set_file_name(format!("{SIGNED_STUB}-{}", self.target));
+        }
+        copy_file(&built, &kept)?;
+        Ok(kept)
+    }
+
     /// Builds (unlocked) the stub for `codec`, linked with the warm-path
     /// layout; returns the executable and its link map.
     pub fn link_stub(&self, codec: Codec) -> Result<(PathBuf, PathBuf)> {
+        self.link_stub_variant(&format!("bundle-stub-{}", codec.name()), &[codec.name()])
+    }
+
+    /// Builds (unlocked) the stub with `features`, its link map named after
+    /// `name`; returns the executable and its link map.
+    fn link_stub_variant(&self, name: &str, features: &[&str]) -> Result<(PathBuf, PathBuf)> {
         let map = self
             .target_dir()
             .join(self.target)
-            .join(format!("bundle-stub-{}.map", codec.name()));
+            .join(format!("{name}.map"));
         let mut final_args = warm_order::link_args(&map);
         // A static executable at a fixed address (not a static PIE): the
         // stub then applies no relocations at start-up, which touched
@@ -248,13 +269,7 @@ impl Toolchain {
             // their symbol names, so the patterns fit the shipped stub.
             final_args.push("-Cstrip=none".to_owned());
         }
-        let built = self.build(
-            "bundle-stub",
-            "bundle-stub",
-            "stub",
-            &[codec.name()],
-            &final_args,
-        )?;
+        let built = self.build("bundle-stub", "bundle-stub", "stub", features, &final_args)?;
         Ok((built, map))
     }
 
@@ -292,6 +307,17 @@ fn warm_order_summary_path(stub: &Path) -> PathBuf {
 /// `target/bundle-build`.
 pub fn default_target_dir() -> PathBuf {
     util::target_dir().join("bundle-build")
+}
+
+/// The file name of the stub of signed bundles.
+pub const SIGNED_STUB: &str = "bundle-stub-signed";
+
+/// Where the stub of signed bundles is kept between builds.
+pub fn signed_stub_path() -> PathBuf {
+    util::target_dir()
+        .join("bundle")
+        .join("stubs")
+        .join(SIGNED_STUB)
 }
 
 /// Where the stub for `codec` is kept between builds.
