@@ -258,7 +258,15 @@ fn a_stub_without_signature_checks_refuses_to_sign_or_to_run_under_trusted_keys(
     run(sandbox
         .command(sydney_pack())
         .arg(sandbox.join("release"))
-        .args(["--entry", "bin/sydney", "--name", "sydney", "--out"])
+        .args([
+            "--entry",
+            "bin/sydney",
+            "--name",
+            "sydney",
+            "--app-version",
+            "1",
+        ])
+        .arg("--out")
         .arg(sandbox.join("out"))
         .arg("--stub")
         .arg(&plain_stub)

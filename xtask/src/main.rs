@@ -149,7 +149,7 @@ struct PackArgs {
     #[argh(option)]
     shell: Option<PathBuf>,
     /// sign the bundle with this secret key file (`sydney-pack keygen`);
-    /// the stub is then this workspace's bundle-stub-signed
+    /// the stub is then this workspace's bundle-stub-CODEC-signed
     #[argh(option)]
     sign: Option<PathBuf>,
 }

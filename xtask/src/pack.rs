@@ -26,11 +26,11 @@ pub fn stub_bytes(source: &StubSource, codec: Codec, signed: bool) -> Result<Vec
     let path = match source {
         StubSource::File(path) => path.clone(),
         StubSource::Workspace if signed => {
-            let kept = toolchain::signed_stub_path();
+            let kept = toolchain::signed_stub_path(codec);
             if kept.is_file() {
                 kept
             } else {
-                Toolchain::detect()?.build_signed_stub()?
+                Toolchain::detect()?.build_signed_stub(codec)?
             }
         }
         StubSource::Workspace => {

@@ -228,16 +228,22 @@ impl Toolchain {
         Ok(kept)
     }
 
-    /// Builds the stub of signed bundles: both decoders and the signature
-    /// checks (feature `signatures`), kept as target/bundle/stubs/
-    /// bundle-stub-signed. The default stubs stay without ed25519 (the
-    /// bundle size budget); docs/decisions/0081-verifier-only-in-the-signed-stub.md.
-    pub fn build_signed_stub(&self) -> Result<PathBuf> {
+    /// Builds the stub of signed bundles for `codec`: its decoder and the
+    /// signature checks (feature `signatures`), kept as
+    /// target/bundle/stubs/bundle-stub-CODEC-signed. The default stubs stay
+    /// without ed25519 (the bundle size budget);
+    /// docs/decisions/0081-verifier-only-in-the-signed-stub.md.
+    pub fn build_signed_stub(&self, codec: Codec) -> Result<PathBuf> {
         let _lock = self.lock_stub_builds()?;
-        let (built, _map) = self.link_stub_variant(SIGNED_STUB, &["gzip", "zstd", "signatures"])?;
-        let mut kept = signed_stub_path();
+        let mut kept = signed_stub_path(codec);
+        let name = kept
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let (built, _map) = self.link_stub_variant(&name, &[codec.name(), "signatures"])?;
         if self.target != MUSL {
-            kept.set_file_name(format!("{SIGNED_STUB}-{}", self.target));
+            kept.set_file_name(format!("{name}-{}", self.target));
         }
         copy_file(&built, &kept)?;
         Ok(kept)
@@ -309,15 +315,12 @@ pub fn default_target_dir() -> PathBuf {
     util::target_dir().join("bundle-build")
 }
 
-/// The file name of the stub of signed bundles.
-pub const SIGNED_STUB: &str = "bundle-stub-signed";
-
-/// Where the stub of signed bundles is kept between builds.
-pub fn signed_stub_path() -> PathBuf {
+/// Where the stub of signed bundles for `codec` is kept between builds.
+pub fn signed_stub_path(codec: Codec) -> PathBuf {
     util::target_dir()
         .join("bundle")
         .join("stubs")
-        .join(SIGNED_STUB)
+        .join(format!("bundle-stub-{}-signed", codec.name()))
 }
 
 /// Where the stub for `codec` is kept between builds.

@@ -188,6 +188,33 @@ impl<'a> Bundle<'a> {
         }
     }
 
+    /// The signature rule of `upgrade` (issue 17): `self` is the running
+    /// bundle, `new` the file to upgrade to. An unsigned running bundle
+    /// accepts anything (`Ok(None)`); a signed one only a `new` signed by
+    /// the same key (`Ok(Some(key))`). Both are checked in full
+    /// ([`Bundle::signer`]); a refusal is [`FormatError::Untrusted`], a
+    /// signature that does not match [`FormatError::BadSignature`].
+    #[cfg(feature = "signatures")]
+    pub fn require_same_signer(&self, new: &Bundle<'_>) -> Result<Option<PublicKey>> {
+        let Some(running) = self.signer()? else {
+            return Ok(None);
+        };
+        match new.signer()? {
+            Some(key) if key == running => Ok(Some(key)),
+            Some(key) => Err(FormatError::Untrusted(format!(
+                "the running bundle is signed by key {} and the new one by key {}; an upgrade \
+                 must be signed by the same key",
+                running.key_id(),
+                key.key_id()
+            ))),
+            None => Err(FormatError::Untrusted(format!(
+                "the running bundle is signed by key {} and the new one is unsigned; pack it \
+                 with `sydney-pack --sign` and the same key",
+                running.key_id()
+            ))),
+        }
+    }
+
     #[cfg(feature = "signatures")]
     fn check_signature(&self, hash_stub: bool) -> Result<Option<PublicKey>> {
         let Some(block) = self.signature_block()? else {

@@ -229,3 +229,45 @@ fn keys_round_trip_through_their_text() {
             .contains("public key")
     );
 }
+
+#[test]
+fn an_upgrade_keeps_the_running_bundle_s_key() {
+    let key = SecretKey::generate();
+    let stranger = SecretKey::generate();
+    let running = packed("one", Some(&key));
+    let running = Bundle::open(&running).unwrap();
+    let same = packed("two", Some(&key));
+    assert_eq!(
+        running
+            .require_same_signer(&Bundle::open(&same).unwrap())
+            .unwrap(),
+        Some(key.public_key())
+    );
+    for (what, new) in [
+        ("foreign", packed("two", Some(&stranger))),
+        ("unsigned", packed("two", None)),
+    ] {
+        let err = running
+            .require_same_signer(&Bundle::open(&new).unwrap())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Untrusted, "{what}: {err}");
+    }
+    // An unsigned running bundle accepts any new bundle.
+    let unsigned = packed("one", None);
+    let unsigned = Bundle::open(&unsigned).unwrap();
+    let new = packed("two", Some(&stranger));
+    assert_eq!(
+        unsigned
+            .require_same_signer(&Bundle::open(&new).unwrap())
+            .unwrap(),
+        None
+    );
+    // A new bundle whose signature does not match is a bad signature.
+    let mut tampered = packed("two", Some(&key));
+    let at = tampered.len() - TRAILER_LEN - 10;
+    tampered[at] ^= 1;
+    let err = running
+        .require_same_signer(&Bundle::open(&tampered).unwrap())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadSignature, "{err}");
+}

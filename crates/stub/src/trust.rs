@@ -2,7 +2,7 @@
 //! payload runs, and the signer line of `verify` and `inspect`.
 //!
 //! Only the stub of signed bundles (feature `signatures`, the packer's
-//! `bundle-stub-signed`) can check a signature. The default stubs carry no
+//! `bundle-stub-CODEC-signed`) can check a signature. The default stubs carry no
 //! ed25519 code (the bundle's size budget): with the variable set they
 //! refuse to run, since a bundle they start is unsigned by construction
 //! (docs/decisions/0081-verifier-only-in-the-signed-stub.md).

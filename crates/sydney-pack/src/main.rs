@@ -180,8 +180,9 @@ fn pack(args: PackArgs) -> Result<(), Error> {
         .as_deref()
         .map(sydney_pack::read_secret_key)
         .transpose()?;
-    ui::print_inferred(&dir, &plan);
+    // Before anything is printed: a wrong stub or key fails on one line.
     let stub = stub(args.stub.as_deref(), plan.options.codec, key.is_some())?;
+    ui::print_inferred(&dir, &plan);
     ui::warn_about_hosts(&dir, &plan.options)?;
     let mut progress = ui::ProgressLine::new();
     let result =
@@ -234,7 +235,7 @@ fn request(args: &PackArgs) -> Result<Request, Error> {
 fn stub(path: Option<&Path>, codec: Codec, signed: bool) -> Result<Cow<'static, [u8]>, Error> {
     let Some(path) = path else {
         return Ok(Cow::Borrowed(if signed {
-            stubs::embedded_signed()
+            stubs::embedded_signed(codec)
         } else {
             stubs::embedded(codec)
         }));

@@ -14,11 +14,14 @@ pub fn embedded(codec: bundle_format::Codec) -> &'static [u8] {
     }
 }
 
-/// The embedded stub of signed bundles: both decoders and the signature
-/// checks (`SYDNEY_BUNDLE_TRUSTED_KEYS`, `verify`).
+/// The embedded stub of signed bundles for `codec`: its decoder and the
+/// signature checks (`SYDNEY_BUNDLE_TRUSTED_KEYS`, `verify`).
 #[cfg(feature = "embed")]
-pub fn embedded_signed() -> &'static [u8] {
-    include_bytes!(env!("SYDNEY_PACK_STUB_SIGNED"))
+pub fn embedded_signed(codec: bundle_format::Codec) -> &'static [u8] {
+    match codec {
+        bundle_format::Codec::Gzip => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP_SIGNED")),
+        bundle_format::Codec::Zstd => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD_SIGNED")),
+    }
 }
 
 /// Checks that `stub` can check signatures (built with the stub's feature
@@ -32,8 +35,8 @@ pub fn check_signing(stub: &[u8], origin: &str) -> crate::Result<()> {
     } else {
         Err(crate::Error::Stub(format!(
             "{origin} cannot check signatures, so it cannot start a signed bundle; leave out \
-             --stub (the embedded stub of signed bundles is used), or pass bundle-stub-signed \
-             from `cargo xtask stubs`"
+             --stub (the embedded stub of signed bundles is used), or pass \
+             bundle-stub-CODEC-signed from `cargo xtask stubs`"
         )))
     }
 }
