@@ -254,7 +254,7 @@ fn a_stub_without_signature_checks_refuses_to_sign_or_to_run_under_trusted_keys(
     let (secret, public) = keygen(&sandbox, "release.key");
     copy_release(&sandbox.join("release"));
     let plain_stub = sandbox.join("plain-stub");
-    fs::write(&plain_stub, stub(e2e::bundle_format::Codec::Gzip)).unwrap();
+    fs::write(&plain_stub, stub(bundle_format::Codec::Gzip)).unwrap();
     run(sandbox
         .command(sydney_pack())
         .arg(sandbox.join("release"))
