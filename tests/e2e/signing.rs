@@ -102,6 +102,34 @@ fn keygen_writes_a_private_key_pair_and_never_overwrites() {
         .expect_one_line_error()
         .expect_stderr("never overwrites");
     assert_eq!(fs::read(&secret).unwrap(), before);
+
+    // A missing key file, or the public key by mistake: a bad command line
+    // (exit 2), before anything is written.
+    copy_release(&sandbox.join("release"));
+    for (key, message) in [
+        (sandbox.join("missing.key"), "sydney-pack keygen"),
+        (sandbox.join("release.key.pub"), "this is a public key"),
+    ] {
+        run(sandbox
+            .command(sydney_pack())
+            .arg(sandbox.join("release"))
+            .args([
+                "--entry",
+                "bin/sydney",
+                "--name",
+                "sydney",
+                "--app-version",
+                "1",
+            ])
+            .arg("--out")
+            .arg(sandbox.join("out"))
+            .arg("--sign")
+            .arg(&key))
+        .expect_code(2)
+        .expect_one_line_error()
+        .expect_stderr(message);
+        assert!(!sandbox.join("out").exists());
+    }
 }
 
 #[test]
