@@ -6,11 +6,15 @@
 //!
 //! Where they come from: `SYDNEY_PACK_STUBS=DIR` if set, else this
 //! workspace's `target/bundle/stubs/` (where every xtask that builds stubs
-//! keeps them). Either holds `bundle-stub-gzip` and `bundle-stub-zstd`.
+//! keeps them). Either holds `bundle-stub-gzip`, `bundle-stub-zstd` and
+//! the stubs of signed bundles, `bundle-stub-gzip-signed` and
+//! `bundle-stub-zstd-signed`.
 
 use std::path::{Path, PathBuf};
 
-const CODECS: [&str; 2] = ["gzip", "zstd"];
+// The codec stubs, and those of signed bundles (the codec's decoder and
+// the signature checks; docs/decisions/0081).
+const CODECS: [&str; 4] = ["gzip", "zstd", "gzip-signed", "zstd-signed"];
 
 fn main() {
     println!("cargo::rerun-if-env-changed=SYDNEY_PACK_STUBS");
@@ -56,7 +60,7 @@ fn main() {
             println!(
                 "cargo::error=sydney-pack embeds the bundle stubs, and {} is missing in {source}; \
                  run `cargo xtask stubs` first (it builds them statically), or set \
-                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip and bundle-stub-zstd",
+                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip, bundle-stub-zstd and their -signed variants",
                 path.display()
             );
             return;
@@ -79,7 +83,7 @@ fn main() {
         let path = path.canonicalize().expect("the stub exists");
         println!(
             "cargo::rustc-env=SYDNEY_PACK_STUB_{}={}",
-            codec.to_uppercase(),
+            codec.to_uppercase().replace('-', "_"),
             path.display()
         );
         sizes.push(format!("{codec} stub {} bytes", meta.len()));

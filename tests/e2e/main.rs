@@ -16,5 +16,6 @@ mod pack_dockerfile;
 mod portable;
 mod repro;
 mod run;
+mod signing;
 mod swarm;
 mod sydney_pack;

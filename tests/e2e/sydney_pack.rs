@@ -84,7 +84,12 @@ fn sydney_pack_and_xtask_pack_write_the_same_bytes() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // (folder, flags both front ends take the same way)
     let release = artifacts().release.clone();
-    let cases: [(&Path, Vec<&str>); 3] = [
+    // A signed bundle too: ed25519 signatures are deterministic, and both
+    // front ends put the same signing stub in front.
+    let key = sandbox.join("release.key");
+    run(sandbox.command(sydney_pack()).arg("keygen").arg(&key)).expect_success();
+    let key = key.to_str().unwrap();
+    let cases: [(&Path, Vec<&str>); 4] = [
         (mix_release(), vec![]),
         (
             mix_release(),
@@ -104,6 +109,10 @@ fn sydney_pack_and_xtask_pack_write_the_same_bytes() {
             ],
         ),
         (&release, vec!["--entry", "bin/sydney", "--name", "sydney"]),
+        (
+            &release,
+            vec!["--entry", "bin/sydney", "--name", "sydney", "--sign", key],
+        ),
     ];
     for (n, (dir, flags)) in cases.iter().enumerate() {
         let by_tool = sandbox.join(&format!("tool-{n}"));

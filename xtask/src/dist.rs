@@ -9,12 +9,16 @@ use bundle_format::Codec;
 use crate::toolchain::{self, Toolchain};
 use crate::util;
 
-/// Builds both stubs into target/bundle/stubs/, where `sydney-pack`'s
-/// build script finds them; returns their paths (gzip, zstd).
+/// Builds both stubs, and the stubs of signed bundles, into
+/// target/bundle/stubs/, where `sydney-pack`'s build script finds them;
+/// returns the paths of the codec stubs (gzip, zstd).
 pub fn stubs(toolchain: &Toolchain) -> Result<[PathBuf; 2]> {
     let gzip = toolchain.build_stub(Codec::Gzip)?;
     let zstd = toolchain.build_stub(Codec::Zstd)?;
-    for stub in [&gzip, &zstd] {
+    // The stubs of signed bundles (`sydney-pack --sign`), beside them.
+    let gzip_signed = toolchain.build_signed_stub(Codec::Gzip)?;
+    let zstd_signed = toolchain.build_signed_stub(Codec::Zstd)?;
+    for stub in [&gzip, &zstd, &gzip_signed, &zstd_signed] {
         let len = std::fs::metadata(stub)?.len();
         eprintln!("stub {} ({} bytes)", stub.display(), util::grouped(len));
     }

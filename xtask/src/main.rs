@@ -148,6 +148,10 @@ struct PackArgs {
     /// /bin/busybox, from busybox-static)
     #[argh(option)]
     shell: Option<PathBuf>,
+    /// sign the bundle with this secret key file (`sydney-pack keygen`);
+    /// the stub is then this workspace's bundle-stub-CODEC-signed
+    #[argh(option)]
+    sign: Option<PathBuf>,
 }
 
 /// Build both stubs into target/bundle/stubs (what sydney-pack embeds).
@@ -346,7 +350,13 @@ fn run(task: Task) -> Result<()> {
                 Some(path) => pack::StubSource::File(path),
                 None => pack::StubSource::Workspace,
             };
-            pack::run(&args.dir, &request, &stub, args.out.as_deref())?;
+            pack::run(
+                &args.dir,
+                &request,
+                &stub,
+                args.out.as_deref(),
+                args.sign.as_deref(),
+            )?;
         }
         Task::Stubs(_) => {
             dist::stubs(&toolchain::Toolchain::detect()?)?;

@@ -20,10 +20,19 @@ pub enum StubSource {
     Workspace,
 }
 
-/// Resolves the stub to use for `codec`, building it if needed.
-pub fn stub_bytes(source: &StubSource, codec: Codec) -> Result<Vec<u8>> {
+/// Resolves the stub to use for `codec` (for a signed bundle, the stub of
+/// signed bundles), building it if needed.
+pub fn stub_bytes(source: &StubSource, codec: Codec, signed: bool) -> Result<Vec<u8>> {
     let path = match source {
         StubSource::File(path) => path.clone(),
+        StubSource::Workspace if signed => {
+            let kept = toolchain::signed_stub_path(codec);
+            if kept.is_file() {
+                kept
+            } else {
+                Toolchain::detect()?.build_signed_stub(codec)?
+            }
+        }
         StubSource::Workspace => {
             let kept = toolchain::stub_path(codec);
             if kept.is_file() {
@@ -35,29 +44,60 @@ pub fn stub_bytes(source: &StubSource, codec: Codec) -> Result<Vec<u8>> {
     };
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read the stub {}", path.display()))?;
-    sydney_pack::stubs::check(&bytes, &path.display().to_string())?;
+    let origin = path.display().to_string();
+    sydney_pack::stubs::check(&bytes, &origin)?;
+    if signed {
+        sydney_pack::stubs::check_signing(&bytes, &origin)?;
+    }
     Ok(bytes)
 }
 
 /// `cargo xtask pack DIR ...`: plan (inferring what the flags leave open),
-/// then pack, exactly as `sydney-pack` does.
-pub fn run(dir: &Path, request: &Request, stub: &StubSource, out: Option<&Path>) -> Result<()> {
+/// then pack, exactly as `sydney-pack` does; with `sign`, signed with that
+/// secret key file.
+pub fn run(
+    dir: &Path,
+    request: &Request,
+    stub: &StubSource,
+    out: Option<&Path>,
+    sign: Option<&Path>,
+) -> Result<()> {
     let plan = sydney_pack::plan(dir, request)?;
     let out = out.map_or_else(|| PathBuf::from(&plan.options.name), Path::to_owned);
     sydney_pack::check_output(&out)?;
+    let key = sign.map(sydney_pack::read_secret_key).transpose()?;
     ui::print_inferred(dir, &plan);
-    let stub = stub_bytes(stub, plan.options.codec)?;
-    let report = pack(dir, &stub, &plan.options, &out)?;
+    let stub = stub_bytes(stub, plan.options.codec, key.is_some())?;
+    let report = pack_signed(dir, &stub, &plan.options, &out, key.as_ref())?;
     ui::print_summary(&out, &report, plan.options.level);
+    if let Some(key) = &key {
+        eprintln!(
+            "signed by key {} ({})",
+            key.public_key().key_id(),
+            key.public_key()
+        );
+    }
     Ok(())
 }
 
 /// Packs `dir` into `out` with complete options, printing doctor warnings
 /// and (on a terminal, for big folders) progress.
 pub fn pack(dir: &Path, stub: &[u8], options: &PackOptions, out: &Path) -> Result<PackReport> {
+    pack_signed(dir, stub, options, out, None)
+}
+
+/// [`pack`], signed with `key` if given.
+pub fn pack_signed(
+    dir: &Path,
+    stub: &[u8],
+    options: &PackOptions,
+    out: &Path,
+    key: Option<&bundle_format::signature::SecretKey>,
+) -> Result<PackReport> {
     ui::warn_about_hosts(dir, options)?;
     let mut progress = ui::ProgressLine::new();
-    let result = sydney_pack::pack_folder(dir, stub, options, out, &mut |p| progress.update(p));
+    let result =
+        sydney_pack::pack_folder(dir, stub, options, out, key, &mut |p| progress.update(p));
     progress.finish();
     result.with_context(|| format!("cannot pack {}", dir.display()))
 }

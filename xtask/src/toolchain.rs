@@ -228,13 +228,40 @@ impl Toolchain {
         Ok(kept)
     }
 
+    /// Builds the stub of signed bundles for `codec`: its decoder and the
+    /// signature checks (feature `signatures`), kept as
+    /// target/bundle/stubs/bundle-stub-CODEC-signed. The default stubs stay
+    /// without ed25519 (the bundle size budget);
+    /// docs/decisions/0081-verifier-only-in-the-signed-stub.md.
+    pub fn build_signed_stub(&self, codec: Codec) -> Result<PathBuf> {
+        let _lock = self.lock_stub_builds()?;
+        let mut kept = signed_stub_path(codec);
+        let name = kept
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let (built, _map) = self.link_stub_variant(&name, &[codec.name(), "signatures"])?;
+        if self.target != MUSL {
+            kept.set_file_name(format!("{name}-{}", self.target));
+        }
+        copy_file(&built, &kept)?;
+        Ok(kept)
+    }
+
     /// Builds (unlocked) the stub for `codec`, linked with the warm-path
     /// layout; returns the executable and its link map.
     pub fn link_stub(&self, codec: Codec) -> Result<(PathBuf, PathBuf)> {
+        self.link_stub_variant(&format!("bundle-stub-{}", codec.name()), &[codec.name()])
+    }
+
+    /// Builds (unlocked) the stub with `features`, its link map named after
+    /// `name`; returns the executable and its link map.
+    fn link_stub_variant(&self, name: &str, features: &[&str]) -> Result<(PathBuf, PathBuf)> {
         let map = self
             .target_dir()
             .join(self.target)
-            .join(format!("bundle-stub-{}.map", codec.name()));
+            .join(format!("{name}.map"));
         let mut final_args = warm_order::link_args(&map);
         // A static executable at a fixed address (not a static PIE): the
         // stub then applies no relocations at start-up, which touched
@@ -248,13 +275,7 @@ impl Toolchain {
             // their symbol names, so the patterns fit the shipped stub.
             final_args.push("-Cstrip=none".to_owned());
         }
-        let built = self.build(
-            "bundle-stub",
-            "bundle-stub",
-            "stub",
-            &[codec.name()],
-            &final_args,
-        )?;
+        let built = self.build("bundle-stub", "bundle-stub", "stub", features, &final_args)?;
         Ok((built, map))
     }
 
@@ -292,6 +313,14 @@ fn warm_order_summary_path(stub: &Path) -> PathBuf {
 /// `target/bundle-build`.
 pub fn default_target_dir() -> PathBuf {
     util::target_dir().join("bundle-build")
+}
+
+/// Where the stub of signed bundles for `codec` is kept between builds.
+pub fn signed_stub_path(codec: Codec) -> PathBuf {
+    util::target_dir()
+        .join("bundle")
+        .join("stubs")
+        .join(format!("bundle-stub-{}-signed", codec.name()))
 }
 
 /// Where the stub for `codec` is kept between builds.

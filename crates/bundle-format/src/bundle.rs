@@ -13,6 +13,9 @@ use crate::error::{FormatError, Result};
 use crate::layout::{self, Layout};
 use crate::manifest::{Index, Manifest};
 use crate::readahead::ReadAhead;
+#[cfg(feature = "signatures")]
+use crate::signature::PublicKey;
+use crate::signature::SignatureBlock;
 use crate::unpack::{self, UnpackStats};
 
 /// Payloads smaller than this are hashed before decompression, and decoded,
@@ -128,6 +131,110 @@ impl<'a> Bundle<'a> {
     /// The cache directory name for this bundle's tree.
     pub fn tree_dir_name(&self) -> String {
         self.manifest.tree_dir_name(self.payload_sha256())
+    }
+
+    /// The signature block, decoded but not checked; `None` when the bundle
+    /// is unsigned.
+    pub fn signature_block(&self) -> Result<Option<SignatureBlock>> {
+        let bytes = self.layout.signature_bytes(self.file);
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        SignatureBlock::decode(bytes).map(Some)
+    }
+
+    /// Checks the bundle's signature, stub included, and returns who signed
+    /// it (`None`: unsigned). The check for a trusted party (`verify`,
+    /// `inspect`, `upgrade`): an upgrade that must be "signed by the same
+    /// key as the running bundle" compares the two results (whole keys, not
+    /// key ids). A signature that does not match is
+    /// [`FormatError::BadSignature`].
+    ///
+    /// The payload is not hashed here: the signed trailer holds its digest,
+    /// which [`Bundle::verify_payload`] and [`Bundle::unpack_verified`]
+    /// check. Call one of them too before trusting the payload.
+    #[cfg(feature = "signatures")]
+    pub fn signer(&self) -> Result<Option<PublicKey>> {
+        self.check_signature(true)
+    }
+
+    /// [`Bundle::signer`] without hashing the stub again (its recorded
+    /// digest is signed): the check a bundle makes of itself at every
+    /// start, where re-hashing the running stub would prove nothing (a
+    /// replaced stub need not run the check at all) and cost ~1 ms.
+    #[cfg(feature = "signatures")]
+    pub fn signer_at_start(&self) -> Result<Option<PublicKey>> {
+        self.check_signature(false)
+    }
+
+    /// Requires a valid signature by one of `trusted` (the keys of
+    /// [`crate::signature::TRUSTED_KEYS_VAR`]); `hash_stub` as in
+    /// [`Bundle::signer`] (true) or [`Bundle::signer_at_start`] (false).
+    /// Unsigned or signed by another key: [`FormatError::Untrusted`].
+    #[cfg(feature = "signatures")]
+    pub fn require_signer(&self, trusted: &[PublicKey], hash_stub: bool) -> Result<PublicKey> {
+        let var = crate::signature::TRUSTED_KEYS_VAR;
+        match self.check_signature(hash_stub)? {
+            Some(key) if trusted.contains(&key) => Ok(key),
+            Some(key) => Err(FormatError::Untrusted(format!(
+                "this bundle is signed by key {}, which {var} does not list; run a bundle \
+                 signed by a trusted key, or add its public key to {var}",
+                key.key_id()
+            ))),
+            None => Err(FormatError::Untrusted(format!(
+                "this bundle is unsigned and {var} requires a signature by one of its keys; \
+                 pack it with `sydney-pack --sign KEY`, or unset {var}"
+            ))),
+        }
+    }
+
+    /// The signature rule of `upgrade` (issue 17): `self` is the running
+    /// bundle, `new` the file to upgrade to. An unsigned running bundle
+    /// accepts anything (`Ok(None)`); a signed one only a `new` signed by
+    /// the same key (`Ok(Some(key))`). Both are checked in full
+    /// ([`Bundle::signer`]); a refusal is [`FormatError::Untrusted`], a
+    /// signature that does not match [`FormatError::BadSignature`].
+    #[cfg(feature = "signatures")]
+    pub fn require_same_signer(&self, new: &Bundle<'_>) -> Result<Option<PublicKey>> {
+        let Some(running) = self.signer()? else {
+            return Ok(None);
+        };
+        match new.signer()? {
+            Some(key) if key == running => Ok(Some(key)),
+            Some(key) => Err(FormatError::Untrusted(format!(
+                "the running bundle is signed by key {} and the new one by key {}; an upgrade \
+                 must be signed by the same key",
+                running.key_id(),
+                key.key_id()
+            ))),
+            None => Err(FormatError::Untrusted(format!(
+                "the running bundle is signed by key {} and the new one is unsigned; pack it \
+                 with `sydney-pack --sign` and the same key",
+                running.key_id()
+            ))),
+        }
+    }
+
+    #[cfg(feature = "signatures")]
+    fn check_signature(&self, hash_stub: bool) -> Result<Option<PublicKey>> {
+        let Some(block) = self.signature_block()? else {
+            return Ok(None);
+        };
+        let stub_len = self.layout.stub_len as usize;
+        let lead_in = self.file[stub_len..stub_len + layout::LEAD_IN_LEN]
+            .try_into()
+            .expect("locate checked the lead-in");
+        let trailer = self.file[self.file.len() - layout::TRAILER_LEN..]
+            .try_into()
+            .expect("locate checked the trailer");
+        let statement = crate::signature::statement(&block.stub_sha256, lead_in, trailer);
+        crate::signature::verify(&block.public_key, &statement, &block.signature)?;
+        if hash_stub && Sha256::digest(self.stub())[..] != block.stub_sha256 {
+            return Err(FormatError::BadSignature(
+                "the stub differs from the one that was signed",
+            ));
+        }
+        Ok(Some(block.public_key))
     }
 
     /// Hashes the payload and compares it with the trailer.

@@ -96,6 +96,19 @@ pub enum FormatError {
         reason: &'static str,
     },
 
+    /// The bundle's signature block is damaged or its signature does not
+    /// match the bundle (see [`crate::signature`]).
+    #[error(
+        "bad signature: {0}; the bundle was changed after it was signed or the signature is \
+         damaged; copy the original file again"
+    )]
+    BadSignature(&'static str),
+
+    /// The bundle is not signed by a key the caller trusts (unsigned, signed
+    /// by another key, or the signature cannot be checked here).
+    #[error("{0}")]
+    Untrusted(String),
+
     /// A file in a folder being packed cannot be packed.
     #[error("cannot pack {path}: {reason}")]
     Unpackable {
@@ -155,6 +168,10 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The extraction path does not fit a portable payload's placeholders.
     PathTooLong,
+    /// A signature that does not match the bundle, or a damaged signature block.
+    BadSignature,
+    /// Not signed by a trusted key.
+    Untrusted,
     /// Anything else (I/O, packing input errors, missing codec).
     Other,
 }
@@ -182,6 +199,8 @@ impl FormatError {
             | FormatError::CorruptPayload(_) => ErrorKind::Corrupt,
             FormatError::UnsafeEntry { .. } => ErrorKind::Unsafe,
             FormatError::PathTooLong { .. } => ErrorKind::PathTooLong,
+            FormatError::BadSignature(_) => ErrorKind::BadSignature,
+            FormatError::Untrusted(_) => ErrorKind::Untrusted,
             FormatError::Io { source, .. } => io_kind(source),
             FormatError::CodecUnavailable(_) | FormatError::Unpackable { .. } => ErrorKind::Other,
         }

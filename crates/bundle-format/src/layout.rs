@@ -5,6 +5,11 @@
 //! | stub (ELF)      | lead-in       | payload       | manifest       | index        | trailer  |
 //! ```
 //!
+//! A signed bundle has a signature block of
+//! [`SIGNATURE_LEN`](crate::signature::SIGNATURE_LEN) bytes between the
+//! index and the trailer; the trailer's `signature_len` field (bytes
+//! 112..120, zero in an unsigned bundle) says so (see [`crate::signature`]).
+//!
 //! Everything here is pure code over byte slices. Every offset read from the
 //! file is checked against the real file length before it is used, so no input
 //! can make a caller index out of bounds, touch an unmapped page, or allocate
@@ -13,6 +18,9 @@
 use std::ops::Range;
 
 use crate::error::{FormatError, Result};
+
+/// [`crate::signature::SIGNATURE_LEN`], as the trailer records it.
+const SIGNATURE_LEN: u64 = crate::signature::SIGNATURE_LEN as u64;
 
 /// Marks the start of the lead-in and the very end of the trailer.
 pub const MAGIC: [u8; 8] = *b"\x7fSYDBNDL";
@@ -83,6 +91,9 @@ pub struct Trailer {
     pub payload_sha256: [u8; 32],
     /// SHA-256 of the manifest bytes.
     pub manifest_sha256: [u8; 32],
+    /// Length of the signature block between the index and the trailer:
+    /// 0 (unsigned) or [`crate::signature::SIGNATURE_LEN`].
+    pub signature_len: u64,
 }
 
 impl Trailer {
@@ -102,7 +113,8 @@ impl Trailer {
         }
         out[48..80].copy_from_slice(&self.payload_sha256);
         out[80..112].copy_from_slice(&self.manifest_sha256);
-        // 112..136 reserved, zero.
+        out[112..120].copy_from_slice(&self.signature_len.to_le_bytes());
+        // 120..136 reserved, zero.
         let check = trailer_check(&out);
         out[136..144].copy_from_slice(&check);
         out[144..148].copy_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
@@ -130,7 +142,7 @@ impl Trailer {
         if bytes[136..144] != trailer_check(bytes) {
             return Err(FormatError::CorruptTrailer("trailer checksum mismatch"));
         }
-        if bytes[112..136] != [0; 24] {
+        if bytes[120..136] != [0; 16] {
             return Err(FormatError::CorruptTrailer(
                 "reserved trailer bytes are not zero",
             ));
@@ -149,6 +161,7 @@ impl Trailer {
             index: range(32)?,
             payload_sha256: bytes[48..80].try_into().expect("32-byte slice"),
             manifest_sha256: bytes[80..112].try_into().expect("32-byte slice"),
+            signature_len: le_u64(bytes, 112),
         })
     }
 }
@@ -181,6 +194,11 @@ impl Layout {
     /// The index bytes of `file`.
     pub fn index_bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
         slice(file, &self.trailer.index)
+    }
+    /// The signature block of `file`: empty when the bundle is unsigned.
+    pub fn signature_bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        let start = self.trailer.index.end;
+        slice(file, &(start..start + self.trailer.signature_len))
     }
 }
 
@@ -223,11 +241,13 @@ pub fn locate_with(file: &[u8], image_len: impl FnOnce(&[u8]) -> Option<u64>) ->
     let trailer_start = file_len - TRAILER_LEN as u64;
     let t = &trailer;
     // The sections are contiguous and in this order; checking the chain pins
-    // every offset to the real file length.
-    if t.payload.start < LEAD_IN_LEN as u64
+    // every offset to the real file length. The signature block, if any,
+    // has its one known length (one check: this runs in every stub).
+    if !matches!(t.signature_len, 0 | SIGNATURE_LEN)
+        || t.payload.start < LEAD_IN_LEN as u64
         || t.payload.end != t.manifest.start
         || t.manifest.end != t.index.start
-        || t.index.end != trailer_start
+        || t.index.end.checked_add(t.signature_len) != Some(trailer_start)
     {
         return Err(FormatError::CorruptTrailer(
             "section offsets do not match the file length",
@@ -336,6 +356,7 @@ mod tests {
             index: i0..end,
             payload_sha256: Sha256::digest(p).into(),
             manifest_sha256: crate::checksum::record_sha256(m),
+            signature_len: 0,
         };
         out.extend_from_slice(&trailer.encode());
         assert_eq!(out.len(), total);
@@ -350,6 +371,7 @@ mod tests {
             index: 210..260,
             payload_sha256: [1; 32],
             manifest_sha256: [2; 32],
+            signature_len: 0,
         };
         let bytes = t.encode();
         assert_eq!(&bytes[152..], b"\x7fSYDBNDL");

@@ -27,6 +27,7 @@ pub mod portable;
 pub mod portable_pack;
 mod readahead;
 pub mod shebang;
+pub mod signature;
 pub mod text;
 pub mod unpack;
 

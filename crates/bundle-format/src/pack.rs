@@ -13,7 +13,7 @@ mod walk;
 mod write;
 
 pub use walk::{SourceEntry, check_entry, scan};
-pub use write::{assemble, compress, pack, pack_to_path};
+pub use write::{assemble, compress, pack, pack_to_path, pack_to_path_signed};
 
 use crate::manifest::{Codec, Manifest};
 

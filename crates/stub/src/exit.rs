@@ -58,6 +58,11 @@ pub enum Exit {
     CannotRun = 24,
     /// A portable payload cannot be patched for a cache path this long.
     PathTooLong = 25,
+    /// `SYDNEY_BUNDLE_TRUSTED_KEYS` is set and the bundle is not signed by
+    /// one of its keys (unsigned, another key, or the variable is unusable).
+    Untrusted = 26,
+    /// The bundle's signature does not match its contents.
+    BadSignature = 27,
     /// The entry exists but could not be executed (shell convention).
     NotExecutable = 126,
     /// The entry or its interpreter was not found (shell convention).
@@ -99,6 +104,8 @@ impl Exit {
             Exit::PathTooLong,
             "cache path too long for a portable payload",
         ),
+        (Exit::Untrusted, "not signed by a trusted key"),
+        (Exit::BadSignature, "bad signature"),
         (Exit::NotExecutable, "entry could not be executed"),
         (Exit::NotFound, "entry or its interpreter not found"),
     ];
@@ -165,6 +172,8 @@ fn from_kind(kind: ErrorKind) -> Exit {
         ErrorKind::NoSpace => Exit::DiskFull,
         ErrorKind::PermissionDenied => Exit::PermissionDenied,
         ErrorKind::PathTooLong => Exit::PathTooLong,
+        ErrorKind::Untrusted => Exit::Untrusted,
+        ErrorKind::BadSignature => Exit::BadSignature,
         ErrorKind::Other => Exit::Failure,
     }
 }

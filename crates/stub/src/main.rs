@@ -19,6 +19,7 @@ mod portable;
 mod selfexe;
 mod sys;
 mod tree;
+mod trust;
 mod ui;
 
 use std::path::Path;
@@ -123,6 +124,16 @@ fn run(command: Command) -> Result<()> {
         .with_context(|| format!("cannot read the bundle {}", file.path().display()))?
         .with_page_release(sys::release_pages);
     let name = bundle.manifest().name.clone();
+    if matches!(
+        command,
+        Command::Start(_)
+            | Command::Exec(_)
+            | Command::Daemon(_)
+            | Command::Restart(_)
+            | Command::Extract(_)
+    ) {
+        trust::check_at_start(&bundle)?;
+    }
     match command {
         Command::Version(_) => println!("{} {}", name, bundle.manifest().version),
         Command::Start(args) => return Err(start(&bundle, &args.args, true)),

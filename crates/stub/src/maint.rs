@@ -58,15 +58,21 @@ pub fn inspect(bundle: &Bundle<'_>, path: &Path, files: bool, doctor: bool) -> R
     let _ = writeln!(
         out,
         "size:        {} in all: stub {}, payload {}, metadata {}",
-        bytes(layout.trailer.index.end + bundle_format::layout::TRAILER_LEN as u64),
+        bytes(
+            layout.trailer.index.end
+                + layout.trailer.signature_len
+                + bundle_format::layout::TRAILER_LEN as u64
+        ),
         bytes(layout.stub_len),
         bytes(payload_len),
         bytes(
             layout.trailer.index.end - layout.trailer.manifest.start
+                + layout.trailer.signature_len
                 + (bundle_format::layout::TRAILER_LEN + bundle_format::layout::LEAD_IN_LEN) as u64
         )
     );
     let _ = writeln!(out, "digest:      sha256:{}", hex(bundle.payload_sha256()));
+    let _ = writeln!(out, "signed by:   {}", crate::trust::describe(bundle)?);
     let _ = writeln!(
         out,
         "needs tree:  {}",
@@ -153,9 +159,10 @@ pub fn verify(bundle: &Bundle<'_>, deep: bool) -> Result<String> {
     bundle.verify_payload()?;
     let index = bundle.index()?;
     let mut out = format!(
-        "payload ok: sha256:{} ({} entries)\n",
+        "payload ok: sha256:{} ({} entries)\nsigned by: {}\n",
         hex(bundle.payload_sha256()),
-        index.entries.len()
+        index.entries.len(),
+        crate::trust::describe(bundle)?
     );
     if !deep {
         return Ok(out);

@@ -13,6 +13,7 @@ Examples:
   sydney-pack release/ --entry bin/server --name server --app-version 1.0.0
   sydney-pack doctor _build/prod/rel/my_app           # which hosts can run it
   sydney-pack inspect my_app                          # the manifest of a bundle
+  sydney-pack keygen release.key                      # a key pair; then pack with --sign release.key
   sydney-pack completions bash > /etc/bash_completion.d/sydney-pack
 
 Run the bundle: ./my_app start | daemon | stop | exec -- remote
@@ -62,6 +63,13 @@ pub enum Command {
         #[arg(long)]
         files: bool,
     },
+    /// Make a key pair for signing bundles (pack --sign)
+    #[command(after_help = KEYGEN_HELP)]
+    Keygen {
+        /// The secret key file to write (the public key goes to KEYFILE.pub)
+        #[arg(value_name = "KEYFILE")]
+        secret: PathBuf,
+    },
     /// Write a container image of a bundle, with no Docker daemon
     #[command(after_help = IMAGE_EXAMPLES)]
     Image(Box<ImageArgs>),
@@ -76,6 +84,24 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+const KEYGEN_HELP: &str = "\
+Writes KEYFILE (the secret key, mode 0600: keep it off the servers, e.g. in your CI's
+secret store) and KEYFILE.pub (the public key, one line, safe to publish). Never
+overwrites either file; no passphrase, no prompt, so CI can run it.
+
+Examples:
+  sydney-pack keygen release.key                     # release.key + release.key.pub
+  sydney-pack _build/prod/rel/my_app --sign release.key
+  ./my_app verify                                    # signed by: key 1A2B... (sydney-ed25519:...)
+  SYDNEY_BUNDLE_TRUSTED_KEYS=\"$(cat release.key.pub)\" ./my_app start
+
+SYDNEY_BUNDLE_TRUSTED_KEYS lists public keys, separated by commas or spaces; when it
+is set, start, exec, daemon, restart and extract refuse a bundle not signed by one of
+them (exit 26; a signature that does not match: 27). The signature covers the stub,
+the payload, the manifest and index, and the trailer. It protects against a replaced
+or altered file, checked by something you already trust; it does not protect against
+a compromised build host (README, \"Signed bundles\").";
 
 const IMAGE_EXAMPLES: &str = "\
 Examples:
@@ -172,6 +198,9 @@ pub struct PackArgs {
     /// Use this stub file instead of the embedded one
     #[arg(long, value_name = "FILE")]
     pub stub: Option<PathBuf>,
+    /// Sign the bundle with this secret key file (from `sydney-pack keygen`)
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign: Option<PathBuf>,
     /// Carry the ELF loader, shared libraries and a static shell that the
     /// folder's programs need from this machine, so the bundle runs in FROM
     /// scratch, on musl hosts and on any glibc

@@ -62,7 +62,14 @@ pub fn inspect(path: &Path, files: bool) -> Result<String> {
         ),
     );
     let metadata = layout.trailer.index.end - layout.trailer.manifest.start
+        + layout.trailer.signature_len
         + (TRAILER_LEN + LEAD_IN_LEN) as u64;
+    // Checked in full (stub included): a signature that does not match is
+    // an error, not a line.
+    let signer = match bundle.signer().map_err(not_a_bundle)? {
+        Some(key) => format!("key {} ({key})", key.key_id()),
+        None => "unsigned".to_owned(),
+    };
     line(
         "size",
         &format!(
@@ -77,6 +84,7 @@ pub fn inspect(path: &Path, files: bool) -> Result<String> {
         "digest",
         &format!("sha256:{}", hex(bundle.payload_sha256())),
     );
+    line("signed by", &signer);
     line("needs tree", if m.needs_tree { "yes" } else { "no" });
     if let Some(dir) = &m.default_cache_dir {
         line("cache dir", dir);

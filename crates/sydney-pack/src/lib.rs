@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod inspect;
+pub mod keygen;
 pub mod mix;
 pub mod plan;
 pub mod stubs;
@@ -20,7 +21,8 @@ use std::path::Path;
 
 use bundle_format::EntryKind;
 use bundle_format::doctor::Report;
-use bundle_format::pack::{PackOptions, PackReport, Progress, pack_to_path, scan};
+use bundle_format::pack::{PackOptions, PackReport, Progress, pack_to_path_signed, scan};
+use bundle_format::signature::SecretKey;
 
 pub use error::{Error, Result};
 pub use plan::{Inferred, Plan, Request, plan};
@@ -33,15 +35,33 @@ pub const PACKER: &str = concat!("sydney-pack ", env!("CARGO_PKG_VERSION"));
 /// Packs `dir` behind `stub` into `out` as `options` say, atomically (a
 /// temporary file beside `out`, renamed into place). `progress` sees bytes
 /// of file content as they are packed.
+///
+/// With `key`, the bundle is signed before it is renamed into place; the
+/// stub must then be one that checks signatures ([`stubs::check_signing`]).
 pub fn pack_folder(
     dir: &Path,
     stub: &[u8],
     options: &PackOptions,
     out: &Path,
+    key: Option<&SecretKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PackReport> {
     check_output(out)?;
-    pack_to_path(dir, stub, options, out, progress).map_err(|err| Error::from_pack(err, out))
+    pack_to_path_signed(dir, stub, options, out, key, progress)
+        .map_err(|err| Error::from_pack(err, out))
+}
+
+/// Reads the secret key file `path` (made by `sydney-pack keygen`).
+pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        Error::Option(format!(
+            "cannot read the key file {} ({err}); make one with `sydney-pack keygen {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    SecretKey::parse(&text)
+        .map_err(|why| Error::Option(format!("the key file {}: {why}", path.display())))
 }
 
 /// Fails early, with the output's own error, when `out` cannot be written:

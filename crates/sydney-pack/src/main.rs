@@ -82,6 +82,15 @@ fn main() -> ExitCode {
             sydney_pack::inspect::inspect(&file, files).map(|text| print!("{text}"))
         }
         Some(Command::Image(args)) => image(*args),
+        Some(Command::Keygen { secret }) => sydney_pack::keygen::keygen(&secret).map(|key| {
+            println!(
+                "wrote the secret key {} (keep it secret) and the public key {}\nkey id: {}\n\
+                 public key: {key}",
+                secret.display(),
+                sydney_pack::keygen::public_path(&secret).display(),
+                key.key_id()
+            );
+        }),
         Some(Command::Completions { shell }) => {
             let mut stdout = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "sydney-pack", &mut stdout);
@@ -166,16 +175,30 @@ fn pack(args: PackArgs) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(&plan.options.name));
     sydney_pack::check_output(&out)?;
+    let key = args
+        .sign
+        .as_deref()
+        .map(sydney_pack::read_secret_key)
+        .transpose()?;
+    // Before anything is printed: a wrong stub or key fails on one line.
+    let stub = stub(args.stub.as_deref(), plan.options.codec, key.is_some())?;
     ui::print_inferred(&dir, &plan);
-    let stub = stub(args.stub.as_deref(), plan.options.codec)?;
     ui::warn_about_hosts(&dir, &plan.options)?;
     let mut progress = ui::ProgressLine::new();
-    let result = sydney_pack::pack_folder(&dir, &stub, &plan.options, &out, &mut |p| {
-        progress.update(p)
-    });
+    let result =
+        sydney_pack::pack_folder(&dir, &stub, &plan.options, &out, key.as_ref(), &mut |p| {
+            progress.update(p)
+        });
     progress.finish();
     let report = result?;
     ui::print_summary(&out, &report, plan.options.level);
+    if let Some(key) = &key {
+        eprintln!(
+            "signed by key {} ({})",
+            key.public_key().key_id(),
+            key.public_key()
+        );
+    }
     Ok(())
 }
 
@@ -207,14 +230,23 @@ fn request(args: &PackArgs) -> Result<Request, Error> {
     })
 }
 
-/// The embedded stub for `codec`, or the `--stub` file.
-fn stub(path: Option<&Path>, codec: Codec) -> Result<Cow<'static, [u8]>, Error> {
+/// The embedded stub for `codec` (for a signed bundle, the stub of signed
+/// bundles), or the `--stub` file.
+fn stub(path: Option<&Path>, codec: Codec, signed: bool) -> Result<Cow<'static, [u8]>, Error> {
     let Some(path) = path else {
-        return Ok(Cow::Borrowed(stubs::embedded(codec)));
+        return Ok(Cow::Borrowed(if signed {
+            stubs::embedded_signed(codec)
+        } else {
+            stubs::embedded(codec)
+        }));
     };
     let bytes = std::fs::read(path)
         .map_err(|err| Error::Stub(format!("cannot read the stub {}: {err}", path.display())))?;
-    stubs::check(&bytes, &path.display().to_string())?;
+    let origin = path.display().to_string();
+    stubs::check(&bytes, &origin)?;
+    if signed {
+        stubs::check_signing(&bytes, &origin)?;
+    }
     Ok(Cow::Owned(bytes))
 }
 

@@ -14,6 +14,33 @@ pub fn embedded(codec: bundle_format::Codec) -> &'static [u8] {
     }
 }
 
+/// The embedded stub of signed bundles for `codec`: its decoder and the
+/// signature checks (`SYDNEY_BUNDLE_TRUSTED_KEYS`, `verify`).
+#[cfg(feature = "embed")]
+pub fn embedded_signed(codec: bundle_format::Codec) -> &'static [u8] {
+    match codec {
+        bundle_format::Codec::Gzip => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP_SIGNED")),
+        bundle_format::Codec::Zstd => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD_SIGNED")),
+    }
+}
+
+/// Checks that `stub` can check signatures (built with the stub's feature
+/// `signatures`): a signed bundle behind a stub without them could not
+/// honour `SYDNEY_BUNDLE_TRUSTED_KEYS`. The test is the signed statement's
+/// domain string, which only that code holds.
+pub fn check_signing(stub: &[u8], origin: &str) -> crate::Result<()> {
+    let domain = bundle_format::signature::STATEMENT_DOMAIN;
+    if stub.windows(domain.len()).any(|window| window == domain) {
+        Ok(())
+    } else {
+        Err(crate::Error::Stub(format!(
+            "{origin} cannot check signatures, so it cannot start a signed bundle; leave out \
+             --stub (the embedded stub of signed bundles is used), or pass \
+             bundle-stub-CODEC-signed from `cargo xtask stubs`"
+        )))
+    }
+}
+
 /// One line on the embedded stubs (sizes), for `--version`.
 #[cfg(feature = "embed")]
 pub const SUMMARY: &str = env!("SYDNEY_PACK_STUBS_SUMMARY");

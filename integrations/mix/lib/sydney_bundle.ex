@@ -24,7 +24,7 @@ defmodule SydneyBundle do
   options and exit codes.
   """
 
-  @known [:sydney_pack, :out, :codec, :level, :args, :env, :needs_tree, :cache_dir, :portable, :extra_args]
+  @known [:sydney_pack, :out, :codec, :level, :args, :env, :needs_tree, :cache_dir, :portable, :sign, :extra_args]
 
   @doc """
   The release step: packs `release.path` and returns the release unchanged.
@@ -74,6 +74,7 @@ defmodule SydneyBundle do
       {:cache_dir, dir} -> ["--cache-dir", to_string(dir)]
       {:portable, true} -> ["--portable"]
       {:portable, false} -> []
+      {:sign, key} when is_binary(key) -> ["--sign", Path.expand(key)]
       {:extra_args, args} when is_list(args) -> Enum.map(args, &to_string/1)
       {key, value} when key in [:sydney_pack, :out] and is_binary(value) -> []
       {key, value} -> fail(2, "invalid sydney_bundle option #{key}: #{inspect(value)}")

@@ -25,6 +25,21 @@ pub fn pack_to_path(
     out: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PackReport> {
+    pack_to_path_signed(dir, stub, opts, out, None, progress)
+}
+
+/// [`pack_to_path`], and with `key` the bundle is signed before it is
+/// renamed into place ([`crate::signature::sign_file`]): `out` is never an
+/// unsigned version of a signed bundle. The report's `bundle_len` counts
+/// the signature block.
+pub fn pack_to_path_signed(
+    dir: &Path,
+    stub: &[u8],
+    opts: &PackOptions,
+    out: &Path,
+    key: Option<&crate::signature::SecretKey>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PackReport> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -45,7 +60,11 @@ pub fn pack_to_path(
             .mode(0o755)
             .open(&temp)
             .map_err(|err| FormatError::io("cannot create", &temp, err))?;
-        let report = pack(dir, stub, opts, &mut file, progress)?;
+        let mut report = pack(dir, stub, opts, &mut file, progress)?;
+        if let Some(key) = key {
+            crate::signature::sign_file(&file, key)?;
+            report.bundle_len += crate::signature::SIGNATURE_LEN as u64;
+        }
         // The mode given to open() is reduced by the umask; chmod is not.
         file.set_permissions(fs::Permissions::from_mode(0o755))
             .map_err(|err| FormatError::io("cannot chmod", &temp, err))?;
@@ -159,6 +178,7 @@ pub fn pack(
         index: index_start..index_end,
         payload_sha256,
         manifest_sha256: crate::checksum::record_sha256(&manifest_bytes),
+        signature_len: 0,
     };
     sink.write_all(&manifest_bytes).map_err(write_err)?;
     sink.write_all(&index_bytes).map_err(write_err)?;
@@ -367,6 +387,7 @@ pub fn assemble(stub: &[u8], payload: &[u8], manifest: &Manifest, index: &Index)
         index: index_start..index_end,
         payload_sha256: Sha256::digest(payload).into(),
         manifest_sha256: crate::checksum::record_sha256(&manifest_bytes),
+        signature_len: 0,
     };
     let mut out = Vec::with_capacity(bundle_len as usize);
     out.extend_from_slice(stub);

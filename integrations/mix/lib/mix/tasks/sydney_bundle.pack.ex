@@ -42,6 +42,8 @@ defmodule Mix.Tasks.SydneyBundle.Pack do
     * `:portable` - `true` passes `--portable`: the bundle carries the
       release's loader, libraries and a static shell (busybox-static on the
       build machine) and runs in FROM scratch, on musl hosts, on any glibc
+    * `:sign` - a secret key file from `sydney-pack keygen`: the bundle is
+      signed with it (`--sign`; README, "Signed bundles")
     * `:extra_args` - more `sydney-pack` flags, passed as given
 
   Everything else `sydney-pack` infers from the release: the entry
