@@ -74,8 +74,9 @@ struct BundleArgs {
     /// target/bundle-build; a fresh one gives a clean rebuild)
     #[argh(option)]
     build_dir: Option<PathBuf>,
-    /// musl (default when installable) or gnu (glibc, +crt-static: the
-    /// fallback, forced)
+    /// x86_64 (musl: the default when installable), gnu (x86_64 glibc,
+    /// +crt-static: the fallback, forced) or aarch64 (musl, cross-compiled;
+    /// default output target/bundle/aarch64/sydney-bundle)
     #[argh(option, from_str_fn(parse_target))]
     target: Option<&'static str>,
 }
@@ -150,7 +151,8 @@ struct PackArgs {
     shell: Option<PathBuf>,
 }
 
-/// Build both stubs into target/bundle/stubs (what sydney-pack embeds).
+/// Build both stubs for x86_64 into target/bundle/stubs and for aarch64 into
+/// target/bundle/stubs/aarch64 (what sydney-pack embeds).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "stubs")]
 struct StubsArgs {}
@@ -265,9 +267,12 @@ struct WarmOrderArgs {}
 
 fn parse_target(value: &str) -> Result<&'static str, String> {
     match value {
-        "musl" => Ok(toolchain::MUSL),
-        "gnu" => Ok(toolchain::GNU),
-        _ => Err(format!("unknown target {value:?}: use musl or gnu")),
+        "x86_64" | "musl" | toolchain::MUSL => Ok(toolchain::MUSL),
+        "gnu" | toolchain::GNU => Ok(toolchain::GNU),
+        "aarch64" | "arm64" | toolchain::AARCH64 => Ok(toolchain::AARCH64),
+        _ => Err(format!(
+            "unknown target {value:?}: use x86_64 (or musl), gnu or aarch64"
+        )),
     }
 }
 
@@ -306,7 +311,9 @@ fn run(task: Task) -> Result<()> {
             bail!("cannot start {}: {err}", out.display());
         }
         Task::Bundle(args) => {
-            let out = args.out.unwrap_or_else(bundle::default_out);
+            let out = args
+                .out
+                .unwrap_or_else(|| bundle::default_out_for(args.target));
             bundle::bundle_for(
                 args.codec.unwrap_or(bundle::DEFAULT_CODEC),
                 &out,
@@ -349,7 +356,7 @@ fn run(task: Task) -> Result<()> {
             pack::run(&args.dir, &request, &stub, args.out.as_deref())?;
         }
         Task::Stubs(_) => {
-            dist::stubs(&toolchain::Toolchain::detect()?)?;
+            dist::all_stubs()?;
         }
         Task::Dist(_) => {
             dist::dist()?;
