@@ -149,6 +149,10 @@ struct PackArgs {
     /// /bin/busybox, from busybox-static)
     #[argh(option)]
     shell: Option<PathBuf>,
+    /// architecture to pack for: x86_64 or aarch64 (default: that of the
+    /// folder's ELF programs; a folder mixing them is refused)
+    #[argh(option, from_str_fn(parse_arch))]
+    target: Option<bundle_format::elf::Arch>,
 }
 
 /// Build both stubs for x86_64 into target/bundle/stubs and for aarch64 into
@@ -194,9 +198,10 @@ struct DockerArgs {
             options give the same digest: every time is SOURCE_DATE_EPOCH (else 0)."
 )]
 struct ImageArgs {
-    /// the bundle file
+    /// the bundle file; several (one release built for x86_64 and aarch64)
+    /// make one multi-architecture image
     #[argh(positional)]
-    bundle: PathBuf,
+    bundles: Vec<PathBuf>,
     /// output file (an OCI image layout tar)
     #[argh(option)]
     out: PathBuf,
@@ -276,6 +281,10 @@ fn parse_target(value: &str) -> Result<&'static str, String> {
     }
 }
 
+fn parse_arch(value: &str) -> Result<bundle_format::elf::Arch, String> {
+    sydney_pack::arch::parse(value)
+}
+
 fn parse_env(value: &str) -> Result<(String, String), String> {
     sydney_pack::plan::parse_env(value)
 }
@@ -348,6 +357,7 @@ fn run(task: Task) -> Result<()> {
                 portable: args
                     .portable
                     .then_some(PortableOptions { shell: args.shell }),
+                target: args.target,
             };
             let stub = match args.stub {
                 Some(path) => pack::StubSource::File(path),
@@ -380,7 +390,14 @@ fn run(task: Task) -> Result<()> {
                 revision: args.revision,
                 no_healthcheck: args.no_healthcheck,
             })?;
-            image::write(&args.bundle, &options, &args.out)?;
+            if args.bundles.is_empty() {
+                bail!(
+                    "name the bundle file, e.g. cargo xtask image target/bundle/sydney-bundle --out sydney.tar"
+                );
+            }
+            let bundles: Vec<&std::path::Path> =
+                args.bundles.iter().map(PathBuf::as_path).collect();
+            image::write_multi_arch(&bundles, &options, &args.out)?;
         }
         Task::Test(args) => test::run(&args.args)?,
         Task::Bench(args) => bench::run(args.quick)?,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bundle_format::Codec;
+use bundle_format::elf::Arch;
 use bundle_format::pack::{PackOptions, PackReport};
 use sydney_pack::{Request, ui};
 
@@ -20,22 +21,28 @@ pub enum StubSource {
     Workspace,
 }
 
-/// Resolves the stub to use for `codec`, building it if needed.
-pub fn stub_bytes(source: &StubSource, codec: Codec) -> Result<Vec<u8>> {
+/// Resolves the stub to use for `arch` and `codec`, building it if needed.
+pub fn stub_bytes(source: &StubSource, arch: Arch, codec: Codec) -> Result<Vec<u8>> {
+    let target = match arch {
+        Arch::X86_64 => toolchain::MUSL,
+        Arch::Aarch64 => toolchain::AARCH64,
+    };
     let path = match source {
         StubSource::File(path) => path.clone(),
         StubSource::Workspace => {
-            let kept = toolchain::stub_path(codec);
+            let kept = toolchain::stub_path_for(codec, target);
             if kept.is_file() {
                 kept
             } else {
-                Toolchain::detect()?.build_stub(codec)?
+                Toolchain::detect_for(Some(target))?.build_stub(codec)?
             }
         }
     };
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read the stub {}", path.display()))?;
-    sydney_pack::stubs::check(&bytes, &path.display().to_string())?;
+    let origin = path.display().to_string();
+    sydney_pack::stubs::check(&bytes, &origin)?;
+    sydney_pack::stubs::check_arch(&bytes, &origin, arch)?;
     Ok(bytes)
 }
 
@@ -46,7 +53,7 @@ pub fn run(dir: &Path, request: &Request, stub: &StubSource, out: Option<&Path>)
     let out = out.map_or_else(|| PathBuf::from(&plan.options.name), Path::to_owned);
     sydney_pack::check_output(&out)?;
     ui::print_inferred(dir, &plan);
-    let stub = stub_bytes(stub, plan.options.codec)?;
+    let stub = stub_bytes(stub, plan.arch, plan.options.codec)?;
     let report = pack(dir, &stub, &plan.options, &out)?;
     ui::print_summary(&out, &report, plan.options.level);
     Ok(())
