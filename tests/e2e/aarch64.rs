@@ -307,6 +307,9 @@ fn an_aarch64_payload_packed_here_gets_the_aarch64_stub_and_a_mixed_folder_is_re
         "the bundle does not start with the aarch64 gzip stub"
     );
     assert_eq!(inspected_arch(&bundle), "aarch64 (Linux)");
+    run(Command::new(sydney_pack()).arg("doctor").arg(&release))
+        .expect_success()
+        .expect_stdout("\narchitecture: aarch64\n");
     // It runs here only through emulation, and runs the payload.
     run_timeout(sandbox.command(&bundle).arg("start"), START)
         .expect_success()
@@ -327,6 +330,9 @@ fn an_aarch64_payload_packed_here_gets_the_aarch64_stub_and_a_mixed_folder_is_re
         )
         .expect_one_line_error();
     assert!(!mixed.exists());
+    run(Command::new(sydney_pack()).arg("doctor").arg(&release))
+        .expect_success()
+        .expect_stdout("architectures: bin/hello is aarch64, lib/helper is x86_64");
     assert!(
         !Sandbox::list(sandbox.path())
             .iter()

@@ -41,8 +41,6 @@ pub struct ElfFacts {
     pub glibc: Option<GlibcVersion>,
     /// Not a 64-bit little-endian ELF (cannot run on x86_64 as is).
     pub foreign: bool,
-    /// The CPU architecture, if bundles support it.
-    pub arch: Option<crate::elf::Arch>,
 }
 
 impl ElfFacts {
@@ -124,7 +122,6 @@ pub fn elf_facts(bytes: &[u8]) -> Option<ElfFacts> {
         facts.foreign = true;
         return Some(facts);
     };
-    facts.arch = crate::elf::Arch::from_machine(header.e_machine(endian));
     if let Ok(segments) = header.program_headers(endian, bytes) {
         for segment in segments {
             if segment.p_type(endian) == PT_INTERP {
@@ -403,19 +400,6 @@ impl Report {
                 }
             }
         }
-        // A bundle's stub runs on one architecture: name the programs'.
-        let archs: BTreeSet<&str> = self
-            .files
-            .values()
-            .filter_map(|needs| match needs {
-                Needs::Elf(f) => f.arch.map(crate::elf::Arch::name),
-                Needs::Script { .. } => None,
-            })
-            .collect();
-        if !archs.is_empty() {
-            let archs: Vec<&str> = archs.into_iter().collect();
-            let _ = writeln!(out, "architecture: {}", archs.join(", "));
-        }
         out.push('\n');
         if let Some(carried) = &self.portable {
             let _ = writeln!(out, "{PORTABLE_RUNS_ON}");
@@ -540,23 +524,6 @@ mod tests {
             assert!(facts.needed.iter().any(|n| n == "libc.so.6"));
             assert!(facts.glibc.is_some());
         }
-    }
-
-    #[test]
-    fn the_report_names_the_programs_architecture() {
-        let bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        let arch = elf_facts(&bytes)
-            .unwrap()
-            .arch
-            .expect("a supported architecture");
-        assert_eq!(arch.name(), std::env::consts::ARCH);
-        let mut report = Report::default();
-        report.add("bin/app", true, &bytes);
-        let text = report.render();
-        assert!(
-            text.contains(&format!("\narchitecture: {arch}\n")),
-            "{text}"
-        );
     }
 
     #[test]

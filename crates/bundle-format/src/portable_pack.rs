@@ -116,7 +116,8 @@ pub fn carry(
             if facts.foreign || facts.is_static() {
                 continue;
             }
-            if let Some(arch) = facts.arch.filter(|a| a.name() != std::env::consts::ARCH) {
+            let arch = crate::elf::machine(&bytes).and_then(crate::elf::Arch::from_machine);
+            if let Some(arch) = arch.filter(|a| a.name() != std::env::consts::ARCH) {
                 return Err(unpackable(
                     &entry.path,
                     format!(

@@ -2,7 +2,6 @@
 //! puts the stub for that architecture in front of them
 //! (docs/decisions/0101-stub-by-payload-architecture.md).
 
-use std::collections::BTreeMap;
 use std::io::Read;
 
 use bundle_format::EntryKind;
@@ -16,8 +15,50 @@ use crate::error::{Error, Result};
 /// A folder that mixes architectures, or holds programs for one no stub
 /// exists for, is refused, naming one file of each.
 pub fn of_folder(entries: &[SourceEntry]) -> Result<Option<(Arch, String)>> {
-    // e_machine -> the first file with it (entries are sorted).
-    let mut machines: BTreeMap<u16, &str> = BTreeMap::new();
+    let machines = machines(entries);
+    let found: Vec<String> = machines
+        .iter()
+        .map(|(machine, file)| format!("{file} is {}", elf::machine_name(*machine)))
+        .collect();
+    match machines.first() {
+        None => Ok(None),
+        Some(_) if machines.len() > 1 => Err(Error::Arch(format!(
+            "the folder mixes architectures ({}); a bundle runs on one: pack each \
+             architecture's release separately, or pass --target to choose the stub",
+            found.join(", ")
+        ))),
+        Some((machine, file)) => match Arch::from_machine(*machine) {
+            Some(arch) => Ok(Some((arch, file.clone()))),
+            None => Err(Error::Arch(format!(
+                "{}; bundles run on x86_64 and aarch64 only",
+                found.join(", ")
+            ))),
+        },
+    }
+}
+
+/// The doctor's line on the architectures of the ELF files among
+/// `entries`, `None` if there is none.
+pub fn doctor_line(entries: &[SourceEntry]) -> Option<String> {
+    let machines = machines(entries);
+    match &machines[..] {
+        [] => None,
+        [(machine, _)] => Some(format!("architecture: {}", elf::machine_name(*machine))),
+        several => Some(format!(
+            "architectures: {} (a bundle runs on one; pack them separately)",
+            several
+                .iter()
+                .map(|(machine, file)| format!("{file} is {}", elf::machine_name(*machine)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Each ELF `e_machine` among `entries` with the first file that has it,
+/// in the folder's (sorted) order.
+fn machines(entries: &[SourceEntry]) -> Vec<(u16, String)> {
+    let mut machines: Vec<(u16, String)> = Vec::new();
     for entry in entries {
         if entry.kind != EntryKind::File || entry.size < 20 {
             continue;
@@ -32,29 +73,13 @@ pub fn of_folder(entries: &[SourceEntry]) -> Result<Option<(Arch, String)>> {
         if read.is_none() {
             continue;
         }
-        if let Some(machine) = elf::machine(&head) {
-            machines.entry(machine).or_insert(&entry.rel);
+        if let Some(machine) = elf::machine(&head)
+            && !machines.iter().any(|(known, _)| *known == machine)
+        {
+            machines.push((machine, entry.rel.clone()));
         }
     }
-    let found: Vec<String> = machines
-        .iter()
-        .map(|(machine, file)| format!("{file} is {}", elf::machine_name(*machine)))
-        .collect();
-    match machines.iter().next() {
-        None => Ok(None),
-        Some(_) if machines.len() > 1 => Err(Error::Arch(format!(
-            "the folder mixes architectures ({}); a bundle runs on one: pack each \
-             architecture's release separately, or pass --target to choose the stub",
-            found.join(", ")
-        ))),
-        Some((machine, file)) => match Arch::from_machine(*machine) {
-            Some(arch) => Ok(Some((arch, (*file).to_owned()))),
-            None => Err(Error::Arch(format!(
-                "{}; bundles run on x86_64 and aarch64 only",
-                found.join(", ")
-            ))),
-        },
-    }
+    machines
 }
 
 /// The architecture of the stub `stub` (an ELF executable), if known.
@@ -111,5 +136,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(riscv.contains("bin/r is riscv"), "{riscv}");
+        assert_eq!(
+            doctor_line(&[elf_file("bin/a", 183)]).unwrap(),
+            "architecture: aarch64"
+        );
+        assert_eq!(doctor_line(&[]), None);
     }
 }
