@@ -52,8 +52,8 @@ pub fn run(dir: &Path, request: &Request, stub: &StubSource, out: Option<&Path>)
     let plan = sydney_pack::plan(dir, request)?;
     let out = out.map_or_else(|| PathBuf::from(&plan.options.name), Path::to_owned);
     sydney_pack::check_output(&out)?;
-    ui::print_inferred(dir, &plan);
     let stub = stub_bytes(stub, plan.arch, plan.options.codec)?;
+    ui::print_inferred(dir, &plan);
     let report = pack(dir, &stub, &plan.options, &out)?;
     ui::print_summary(&out, &report, plan.options.level);
     Ok(())

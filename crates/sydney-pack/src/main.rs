@@ -182,8 +182,9 @@ fn pack(args: PackArgs) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(&plan.options.name));
     sydney_pack::check_output(&out)?;
-    ui::print_inferred(&dir, &plan);
+    // Before anything is printed: a wrong --stub fails with one line.
     let stub = stub(args.stub.as_deref(), plan.arch, plan.options.codec)?;
+    ui::print_inferred(&dir, &plan);
     ui::warn_about_hosts(&dir, &plan.options)?;
     let mut progress = ui::ProgressLine::new();
     let result = sydney_pack::pack_folder(&dir, &stub, &plan.options, &out, &mut |p| {
