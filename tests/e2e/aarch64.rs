@@ -106,6 +106,10 @@ fn the_aarch64_bundle_serves_under_emulation() {
     let (trees, temps) = cache_contents(&sandbox.cache());
     assert_eq!(trees.len(), 1, "{trees:?}");
     assert!(temps.is_empty(), "{temps:?}");
+    // Its own inspect names its architecture (sydney-pack's does too).
+    run_timeout(sandbox.command(&bundle).arg("inspect"), START)
+        .expect_success()
+        .expect_stdout("arch:        aarch64 (Linux)");
 }
 
 #[test]
@@ -391,6 +395,18 @@ fn the_multi_arch_image_loads_in_docker_and_podman_and_the_arm64_one_serves() {
         .arg(&archive));
     ran.expect_success()
         .expect_stderr("linux/amd64 + linux/arm64");
+    // Two bundles for one architecture are refused (a bad option, exit 2).
+    let twice = sandbox.join("twice.tar");
+    run(Command::new(sydney_pack())
+        .arg("image")
+        .arg(aarch64_bundle())
+        .arg(aarch64_bundle())
+        .arg("--out")
+        .arg(&twice))
+    .expect_code(2)
+    .expect_stderr("two bundles are for aarch64; give one bundle per architecture")
+    .expect_one_line_error();
+    assert!(!twice.exists());
 
     // The layout: index.json names one index, which lists both platforms.
     let layout = sandbox.join("layout");
