@@ -168,9 +168,10 @@ impl Toolchain {
         }
         if self.target == AARCH64 {
             // Debian has no aarch64 musl cross compiler; the glibc one
-            // compiles libdeflate and zstd (freestanding enough: they call
-            // only memcpy, memset and malloc) and, as the linker driver,
-            // links Rust's self-contained musl crt objects and libc.a.
+            // compiles libdeflate and zstd against glibc's headers and, as
+            // the linker driver, links Rust's self-contained musl crt
+            // objects and libc.a: a glibc-only symbol in the C code would
+            // fail that link, not the bundle.
             let (gcc, _) = AARCH64_GCC;
             cargo
                 .env("CC_aarch64_unknown_linux_musl", gcc)

@@ -186,8 +186,9 @@ pub(crate) fn documents(
         descriptor
     };
     // One image: index.json names its manifest (as before multi-arch).
-    // Several: index.json names a nested index whose manifests carry their
-    // platform, the layout `docker buildx` and Docker 25's `save` write.
+    // Several: index.json names one nested index (so the image name's
+    // annotations sit on one entry) whose manifests carry their platform;
+    // podman resolves the name to it and picks this machine's platform.
     let (top, platforms) = if let [image] = &images[..] {
         let top = descriptor(
             MediaType::ImageManifest,
