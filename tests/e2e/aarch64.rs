@@ -360,6 +360,43 @@ fn an_aarch64_payload_packed_here_gets_the_aarch64_stub_and_a_mixed_folder_is_re
     assert!(!wrong.exists());
 }
 
+#[test]
+fn portable_packing_of_a_dynamic_aarch64_program_here_is_refused_clearly() {
+    require_program("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu");
+    let sandbox = Sandbox::new();
+    let release = sandbox.join("release");
+    fs::create_dir_all(release.join("bin")).unwrap();
+    let source = sandbox.join("hello.c");
+    fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let program = release.join("bin/hello");
+    // Dynamic: it needs /lib/ld-linux-aarch64.so.1, which --portable would
+    // have to copy from this x86_64 machine.
+    run(Command::new("aarch64-linux-gnu-gcc")
+        .arg("-o")
+        .arg(&program)
+        .arg(&source))
+    .expect_success();
+    let out = sandbox.join("hello");
+    run(sandbox
+        .command(sydney_pack())
+        .arg(&release)
+        .args([
+            "--entry",
+            "bin/hello",
+            "--name",
+            "hello",
+            "--app-version",
+            "1.0",
+        ])
+        .arg("--portable")
+        .arg("--out")
+        .arg(&out))
+    .expect_code(3)
+    .expect_stderr("it is an aarch64 program, and --portable carries this machine's (x86_64)")
+    .expect_one_line_error();
+    assert!(!out.exists());
+}
+
 /// A docker image, removed on drop.
 struct DockerImage(String);
 
