@@ -6,15 +6,21 @@
 //!
 //! Where they come from: `SYDNEY_PACK_STUBS=DIR` if set, else this
 //! workspace's `target/bundle/stubs/` (where every xtask that builds stubs
-//! keeps them). Either holds `bundle-stub-gzip`, `bundle-stub-zstd` and
-//! the stubs of signed bundles, `bundle-stub-gzip-signed` and
-//! `bundle-stub-zstd-signed`.
+//! keeps them). Either holds, for x86_64, `bundle-stub-gzip`,
+//! `bundle-stub-zstd` and the stubs of signed bundles,
+//! `bundle-stub-gzip-signed` and `bundle-stub-zstd-signed`, and the same
+//! four for aarch64 in `aarch64/`
+//! (docs/decisions/0081-verifier-only-in-the-signed-stub.md,
+//! docs/decisions/0101-stub-by-payload-architecture.md).
 
 use std::path::{Path, PathBuf};
 
 // The codec stubs, and those of signed bundles (the codec's decoder and
 // the signature checks; docs/decisions/0081).
 const CODECS: [&str; 4] = ["gzip", "zstd", "gzip-signed", "zstd-signed"];
+/// Each architecture's subfolder of the stub folder and the infix of its
+/// `SYDNEY_PACK_STUB_*` variables.
+const ARCHS: [(&str, &str); 2] = [("", ""), ("aarch64/", "AARCH64_")];
 
 fn main() {
     println!("cargo::rerun-if-env-changed=SYDNEY_PACK_STUBS");
@@ -48,8 +54,11 @@ fn main() {
     }
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let mut sizes = Vec::new();
-    for codec in CODECS {
-        let path = dir.join(format!("bundle-stub-{codec}"));
+    for ((subfolder, infix), codec) in ARCHS
+        .iter()
+        .flat_map(|arch| CODECS.iter().map(move |codec| (arch, codec)))
+    {
+        let path = dir.join(format!("{subfolder}bundle-stub-{codec}"));
         println!("cargo::rerun-if-changed={}", path.display());
         let Ok(meta) = std::fs::metadata(&path) else {
             let source = if named {
@@ -60,7 +69,8 @@ fn main() {
             println!(
                 "cargo::error=sydney-pack embeds the bundle stubs, and {} is missing in {source}; \
                  run `cargo xtask stubs` first (it builds them statically), or set \
-                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip, bundle-stub-zstd and their -signed variants",
+                 SYDNEY_PACK_STUBS to a folder holding bundle-stub-gzip, bundle-stub-zstd and their \
+                 -signed variants (x86_64), and aarch64/ with the same four",
                 path.display()
             );
             return;
@@ -82,11 +92,16 @@ fn main() {
         }
         let path = path.canonicalize().expect("the stub exists");
         println!(
-            "cargo::rustc-env=SYDNEY_PACK_STUB_{}={}",
+            "cargo::rustc-env=SYDNEY_PACK_STUB_{infix}{}={}",
             codec.to_uppercase().replace('-', "_"),
             path.display()
         );
-        sizes.push(format!("{codec} stub {} bytes", meta.len()));
+        let arch = if infix.is_empty() {
+            "x86_64"
+        } else {
+            "aarch64"
+        };
+        sizes.push(format!("{arch} {codec} stub {} bytes", meta.len()));
     }
     println!(
         "cargo::rustc-env=SYDNEY_PACK_STUBS_SUMMARY={}",

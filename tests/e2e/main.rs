@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary (see `tests/harness` for the harness).
 //! Run them with `cargo xtask test`, which builds the static artifacts first.
 
+mod aarch64;
 mod anywhere;
 mod deploy_files;
 mod docker;

@@ -35,6 +35,18 @@ pub fn default_out() -> PathBuf {
     util::target_dir().join("bundle").join("sydney-bundle")
 }
 
+/// Where the bundle for `target` goes by default:
+/// `target/bundle/aarch64/sydney-bundle` for aarch64, else [`default_out`].
+pub fn default_out_for(target: Option<&str>) -> PathBuf {
+    match target {
+        Some(toolchain::AARCH64) => util::target_dir()
+            .join("bundle")
+            .join("aarch64")
+            .join("sydney-bundle"),
+        _ => default_out(),
+    }
+}
+
 /// Builds the server and stub statically, assembles the release folder,
 /// packs it, and prints a size table.
 pub fn bundle(codec: Codec, out: &Path, build_dir: Option<&Path>) -> Result<Built> {
@@ -64,7 +76,7 @@ pub fn bundle_for(
             other => format!("release-{other}"),
         });
     assemble_release(&server, &release)?;
-    let version = server_version(&release.join("bin/sydney"))?;
+    let version = server_version(&release.join("bin/sydney"), toolchain.target)?;
 
     let options = PackOptions {
         name: "sydney".to_owned(),
@@ -132,9 +144,18 @@ fn assemble_release(server: &Path, release: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Asks the server itself (`sydney --version` prints `sydney X.Y.Z`).
-fn server_version(server: &Path) -> Result<String> {
-    let out = util::stdout(command(server).arg("--version"))?;
+/// Asks the server itself (`sydney --version` prints `sydney X.Y.Z`),
+/// through qemu if it was built for another architecture.
+fn server_version(server: &Path, target: &str) -> Result<String> {
+    let mut ask = match toolchain::runner(target)? {
+        Some(qemu) => {
+            let mut ask = command(qemu);
+            ask.arg(server);
+            ask
+        }
+        None => command(server),
+    };
+    let out = util::stdout(ask.arg("--version"))?;
     match out.split_whitespace().collect::<Vec<_>>()[..] {
         ["sydney", version] => Ok(version.to_owned()),
         _ => bail!("unexpected `sydney --version` output: {out:?}"),

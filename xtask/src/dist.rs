@@ -25,13 +25,23 @@ pub fn stubs(toolchain: &Toolchain) -> Result<[PathBuf; 2]> {
     Ok([gzip, zstd])
 }
 
+/// Builds the stubs for both architectures: the x86_64 musl ones into
+/// target/bundle/stubs/ and the aarch64 ones into target/bundle/stubs/aarch64/
+/// (what `sydney-pack` embeds); returns the x86_64 toolchain.
+pub fn all_stubs() -> Result<Toolchain> {
+    let toolchain = Toolchain::detect()?;
+    stubs(&toolchain)?;
+    stubs(&Toolchain::detect_for(Some(toolchain::AARCH64))?)?;
+    Ok(toolchain)
+}
+
 /// Where `dist` puts the tool.
 pub fn default_out() -> PathBuf {
     util::target_dir().join("dist").join("sydney-pack")
 }
 
-/// Builds the stubs, then `sydney-pack` statically (musl) with them
-/// embedded, into target/dist/sydney-pack.
+/// Builds the stubs (both architectures), then `sydney-pack` statically
+/// (x86_64 musl) with them embedded, into target/dist/sydney-pack.
 pub fn dist() -> Result<PathBuf> {
     let toolchain = Toolchain::detect()?;
     if toolchain.target != toolchain::MUSL {
@@ -43,6 +53,7 @@ pub fn dist() -> Result<PathBuf> {
         );
     }
     let [gzip, _] = stubs(&toolchain)?;
+    stubs(&Toolchain::detect_for(Some(toolchain::AARCH64))?)?;
     let stub_dir = gzip.parent().context("the stub has a folder")?.to_owned();
     let built = toolchain.build_with_env(
         "sydney-pack",

@@ -64,12 +64,22 @@ fn pairs(flag: &str, items: &[String]) -> Result<Vec<(String, String)>> {
 /// Writes the image and prints what was written; returns the report and
 /// the seconds it took.
 pub fn write(bundle: &Path, options: &ImageOptions, out: &Path) -> Result<(ImageReport, f64)> {
+    write_multi_arch(&[bundle], options, out)
+}
+
+/// [`write`] for bundles of one release built for several architectures:
+/// one image with a platform per bundle.
+pub fn write_multi_arch(
+    bundles: &[&Path],
+    options: &ImageOptions,
+    out: &Path,
+) -> Result<(ImageReport, f64)> {
     let started = Instant::now();
-    let report = bundle_image::write_image(bundle, options, out)?;
+    let report = bundle_image::write_multi_arch_image(bundles, options, out)?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "image {} ({} {}) -> {}\n  archive {} bytes (bundle {} bytes, layer {} bytes gzip), \
-         written in {:.0} ms\n  manifest {}\n  config   {} (Docker's image ID)",
+         written in {:.0} ms\n  platforms {}\n  manifest {}\n  config   {} (Docker's image ID)",
         report.reference,
         report.bundle_name,
         report.bundle_version,
@@ -78,6 +88,12 @@ pub fn write(bundle: &Path, options: &ImageOptions, out: &Path) -> Result<(Image
         util::grouped(report.bundle_bytes),
         util::grouped(report.layer_bytes),
         seconds * 1000.0,
+        report
+            .architectures
+            .iter()
+            .map(|arch| format!("linux/{}", arch.oci_name()))
+            .collect::<Vec<_>>()
+            .join(", "),
         report.manifest_digest,
         report.config_digest,
     );

@@ -74,8 +74,9 @@ struct BundleArgs {
     /// target/bundle-build; a fresh one gives a clean rebuild)
     #[argh(option)]
     build_dir: Option<PathBuf>,
-    /// musl (default when installable) or gnu (glibc, +crt-static: the
-    /// fallback, forced)
+    /// x86_64 (musl: the default when installable), gnu (x86_64 glibc,
+    /// +crt-static: the fallback, forced) or aarch64 (musl, cross-compiled;
+    /// default output target/bundle/aarch64/sydney-bundle)
     #[argh(option, from_str_fn(parse_target))]
     target: Option<&'static str>,
 }
@@ -152,9 +153,14 @@ struct PackArgs {
     /// the stub is then this workspace's bundle-stub-CODEC-signed
     #[argh(option)]
     sign: Option<PathBuf>,
+    /// architecture to pack for: x86_64 or aarch64 (default: that of the
+    /// folder's ELF programs; a folder mixing them is refused)
+    #[argh(option, from_str_fn(parse_arch))]
+    target: Option<bundle_format::elf::Arch>,
 }
 
-/// Build both stubs into target/bundle/stubs (what sydney-pack embeds).
+/// Build both stubs for x86_64 into target/bundle/stubs and for aarch64 into
+/// target/bundle/stubs/aarch64 (what sydney-pack embeds).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "stubs")]
 struct StubsArgs {}
@@ -196,9 +202,10 @@ struct DockerArgs {
             options give the same digest: every time is SOURCE_DATE_EPOCH (else 0)."
 )]
 struct ImageArgs {
-    /// the bundle file
+    /// the bundle file; several (one release built for x86_64 and aarch64)
+    /// make one multi-architecture image
     #[argh(positional)]
-    bundle: PathBuf,
+    bundles: Vec<PathBuf>,
     /// output file (an OCI image layout tar)
     #[argh(option)]
     out: PathBuf,
@@ -269,10 +276,17 @@ struct WarmOrderArgs {}
 
 fn parse_target(value: &str) -> Result<&'static str, String> {
     match value {
-        "musl" => Ok(toolchain::MUSL),
-        "gnu" => Ok(toolchain::GNU),
-        _ => Err(format!("unknown target {value:?}: use musl or gnu")),
+        "x86_64" | "musl" | toolchain::MUSL => Ok(toolchain::MUSL),
+        "gnu" | toolchain::GNU => Ok(toolchain::GNU),
+        "aarch64" | "arm64" | toolchain::AARCH64 => Ok(toolchain::AARCH64),
+        _ => Err(format!(
+            "unknown target {value:?}: use x86_64 (or musl), gnu or aarch64"
+        )),
     }
+}
+
+fn parse_arch(value: &str) -> Result<bundle_format::elf::Arch, String> {
+    sydney_pack::arch::parse(value)
 }
 
 fn parse_env(value: &str) -> Result<(String, String), String> {
@@ -310,7 +324,9 @@ fn run(task: Task) -> Result<()> {
             bail!("cannot start {}: {err}", out.display());
         }
         Task::Bundle(args) => {
-            let out = args.out.unwrap_or_else(bundle::default_out);
+            let out = args
+                .out
+                .unwrap_or_else(|| bundle::default_out_for(args.target));
             bundle::bundle_for(
                 args.codec.unwrap_or(bundle::DEFAULT_CODEC),
                 &out,
@@ -345,6 +361,7 @@ fn run(task: Task) -> Result<()> {
                 portable: args
                     .portable
                     .then_some(PortableOptions { shell: args.shell }),
+                target: args.target,
             };
             let stub = match args.stub {
                 Some(path) => pack::StubSource::File(path),
@@ -359,7 +376,7 @@ fn run(task: Task) -> Result<()> {
             )?;
         }
         Task::Stubs(_) => {
-            dist::stubs(&toolchain::Toolchain::detect()?)?;
+            dist::all_stubs()?;
         }
         Task::Dist(_) => {
             dist::dist()?;
@@ -383,7 +400,14 @@ fn run(task: Task) -> Result<()> {
                 revision: args.revision,
                 no_healthcheck: args.no_healthcheck,
             })?;
-            image::write(&args.bundle, &options, &args.out)?;
+            if args.bundles.is_empty() {
+                bail!(
+                    "name the bundle file, e.g. cargo xtask image target/bundle/sydney-bundle --out sydney.tar"
+                );
+            }
+            let bundles: Vec<&std::path::Path> =
+                args.bundles.iter().map(PathBuf::as_path).collect();
+            image::write_multi_arch(&bundles, &options, &args.out)?;
         }
         Task::Test(args) => test::run(&args.args)?,
         Task::Bench(args) => bench::run(args.quick)?,

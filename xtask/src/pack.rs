@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bundle_format::Codec;
+use bundle_format::elf::Arch;
 use bundle_format::pack::{PackOptions, PackReport};
 use sydney_pack::{Request, ui};
 
@@ -20,25 +21,29 @@ pub enum StubSource {
     Workspace,
 }
 
-/// Resolves the stub to use for `codec` (for a signed bundle, the stub of
-/// signed bundles), building it if needed.
-pub fn stub_bytes(source: &StubSource, codec: Codec, signed: bool) -> Result<Vec<u8>> {
+/// Resolves the stub to use for `arch` and `codec` (for a signed bundle,
+/// the stub of signed bundles), building it if needed.
+pub fn stub_bytes(source: &StubSource, arch: Arch, codec: Codec, signed: bool) -> Result<Vec<u8>> {
+    let target = match arch {
+        Arch::X86_64 => toolchain::MUSL,
+        Arch::Aarch64 => toolchain::AARCH64,
+    };
     let path = match source {
         StubSource::File(path) => path.clone(),
         StubSource::Workspace if signed => {
-            let kept = toolchain::signed_stub_path(codec);
+            let kept = toolchain::stub_path_for(codec, target, true);
             if kept.is_file() {
                 kept
             } else {
-                Toolchain::detect()?.build_signed_stub(codec)?
+                Toolchain::detect_for(Some(target))?.build_signed_stub(codec)?
             }
         }
         StubSource::Workspace => {
-            let kept = toolchain::stub_path(codec);
+            let kept = toolchain::stub_path_for(codec, target, false);
             if kept.is_file() {
                 kept
             } else {
-                Toolchain::detect()?.build_stub(codec)?
+                Toolchain::detect_for(Some(target))?.build_stub(codec)?
             }
         }
     };
@@ -46,6 +51,7 @@ pub fn stub_bytes(source: &StubSource, codec: Codec, signed: bool) -> Result<Vec
         std::fs::read(&path).with_context(|| format!("cannot read the stub {}", path.display()))?;
     let origin = path.display().to_string();
     sydney_pack::stubs::check(&bytes, &origin)?;
+    sydney_pack::stubs::check_arch(&bytes, &origin, arch)?;
     if signed {
         sydney_pack::stubs::check_signing(&bytes, &origin)?;
     }
@@ -66,8 +72,8 @@ pub fn run(
     let out = out.map_or_else(|| PathBuf::from(&plan.options.name), Path::to_owned);
     sydney_pack::check_output(&out)?;
     let key = sign.map(sydney_pack::read_secret_key).transpose()?;
+    let stub = stub_bytes(stub, plan.arch, plan.options.codec, key.is_some())?;
     ui::print_inferred(dir, &plan);
-    let stub = stub_bytes(stub, plan.options.codec, key.is_some())?;
     let report = pack_signed(dir, &stub, &plan.options, &out, key.as_ref())?;
     ui::print_summary(&out, &report, plan.options.level);
     if let Some(key) = &key {

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use bundle_format::Codec;
 
-use crate::toolchain::stub_path;
+use crate::toolchain::{self, stub_path};
 use crate::util::{self, command};
 use crate::{bundle, dist};
 
@@ -39,6 +39,10 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("tar", "tar"),
     ("bash", "bash"),
+    // aarch64 bundles: the emulator they run under, and the cross compiler
+    // for the C parts of the stub and the tests' synthetic aarch64 payload.
+    ("qemu-aarch64-static", "qemu-user-static"),
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
 ];
 
 /// A Debian bullseye root (glibc 2.31), built once and kept outside the
@@ -79,6 +83,13 @@ pub fn run(extra: &[String]) -> Result<()> {
     ensure_bullseye_root()?;
     let kubernetes_validate = kubernetes_validate()?;
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
+    let aarch64 = bundle::bundle_for(
+        bundle::DEFAULT_CODEC,
+        &bundle::default_out_for(Some(toolchain::AARCH64)),
+        None,
+        Some(toolchain::AARCH64),
+    )?;
+    ensure_aarch64_binfmt()?;
     // Builds both stubs, then sydney-pack with them inside.
     let sydney_pack = dist::dist()?;
     let (gzip, zstd) = (stub_path(Codec::Gzip), stub_path(Codec::Zstd));
@@ -93,8 +104,43 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("SYDNEY_TEST_STUB_ZSTD", zstd)
         .env("SYDNEY_TEST_KUBERNETES_VALIDATE", kubernetes_validate)
         .env("SYDNEY_TEST_BULLSEYE_ROOT", BULLSEYE_ROOT)
-        .env("SYDNEY_TEST_SYDNEY_PACK", sydney_pack);
+        .env("SYDNEY_TEST_SYDNEY_PACK", sydney_pack)
+        .env("SYDNEY_TEST_AARCH64_BUNDLE", &aarch64.bundle)
+        .env("SYDNEY_TEST_AARCH64_RELEASE", &aarch64.release);
     util::run(&mut cargo)
+}
+
+/// The binfmt_misc rule Debian's qemu-user-static ships for aarch64
+/// programs (flags `F`: the emulator is opened when the rule is registered,
+/// so it also runs programs inside chroots and containers).
+const QEMU_AARCH64_RULE: &str = "/usr/lib/binfmt.d/qemu-aarch64.conf";
+
+/// Makes the kernel run aarch64 programs through qemu (on any other
+/// architecture): mounts binfmt_misc if it is not, and registers
+/// [`QEMU_AARCH64_RULE`] unless a `qemu-aarch64` rule exists. qemu-user
+/// alone cannot run a bundle: the stub's execve of the server goes to the
+/// kernel, which needs the rule (docs/decisions/0103-aarch64-tests-under-binfmt.md).
+fn ensure_aarch64_binfmt() -> Result<()> {
+    if std::env::consts::ARCH == "aarch64" {
+        return Ok(());
+    }
+    let binfmt = Path::new("/proc/sys/fs/binfmt_misc");
+    if !binfmt.join("register").exists() {
+        util::run(
+            command("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(binfmt),
+        )
+        .context("the aarch64 tests need binfmt_misc (run as root on a kernel that has it)")?;
+    }
+    if binfmt.join("qemu-aarch64").exists() {
+        return Ok(());
+    }
+    let rule = std::fs::read_to_string(QEMU_AARCH64_RULE)
+        .with_context(|| format!("cannot read {QEMU_AARCH64_RULE} (from qemu-user-static)"))?;
+    eprintln!("note: registering qemu-aarch64 with binfmt_misc ({QEMU_AARCH64_RULE})");
+    std::fs::write(binfmt.join("register"), rule.trim())
+        .context("cannot register qemu-aarch64 with binfmt_misc")
 }
 
 /// Builds [`BULLSEYE_ROOT`] with `debootstrap --variant=minbase` (its

@@ -2,7 +2,10 @@
 //!
 //! Target: `x86_64-unknown-linux-musl` (installed with rustup if missing),
 //! else `x86_64-unknown-linux-gnu` with `+crt-static`. Both give a static
-//! executable that runs on any x86_64 Linux.
+//! executable that runs on any x86_64 Linux. `aarch64-unknown-linux-musl`
+//! (`--target aarch64`) is cross-compiled from any host: the C code with
+//! Debian's `aarch64-linux-gnu-gcc`, which also drives the link against
+//! Rust's self-contained musl (docs/decisions/0100-aarch64-cross-build.md).
 //!
 //! Standard library: rebuilt from source with the release profile and
 //! without its backtrace printer (`-Zbuild-std`, enabled on the pinned
@@ -29,6 +32,11 @@ use crate::warm_order;
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The fallback target (linked with `+crt-static`).
 pub const GNU: &str = "x86_64-unknown-linux-gnu";
+/// The ARM target, cross-compiled (`--target aarch64`).
+pub const AARCH64: &str = "aarch64-unknown-linux-musl";
+/// The cross C compiler (and linker driver) for [`AARCH64`], and its
+/// Debian package.
+const AARCH64_GCC: (&str, &str) = ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu");
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -59,7 +67,17 @@ impl Toolchain {
             .context("cannot run rustc")?
             .trim()
             .to_owned();
-        let target = if let Some(target) = forced {
+        let target = if forced == Some(AARCH64) {
+            if !ensure_target(AARCH64) {
+                bail!(
+                    "the {AARCH64} target is not installed and rustup could not add it; \
+                     run `rustup target add {AARCH64}`"
+                );
+            }
+            util::ensure_programs(&[AARCH64_GCC])
+                .context("cross-compiling for aarch64 needs Debian's gcc-aarch64-linux-gnu")?;
+            AARCH64
+        } else if let Some(target) = forced {
             target
         } else if ensure_target(MUSL) {
             MUSL
@@ -148,6 +166,18 @@ impl Toolchain {
         if let Some(cc) = self.musl_cc_fallback {
             cargo.env("CC_x86_64_unknown_linux_musl", cc);
         }
+        if self.target == AARCH64 {
+            // Debian has no aarch64 musl cross compiler; the glibc one
+            // compiles libdeflate and zstd against glibc's headers and, as
+            // the linker driver, links Rust's self-contained musl crt
+            // objects and libc.a: a glibc-only symbol in the C code would
+            // fail that link, not the bundle.
+            let (gcc, _) = AARCH64_GCC;
+            cargo
+                .env("CC_aarch64_unknown_linux_musl", gcc)
+                .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar")
+                .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", gcc);
+        }
         // A developer's own flags would change the bytes.
         cargo.env_remove("CARGO_ENCODED_RUSTFLAGS");
         if !final_args.is_empty() {
@@ -211,10 +241,7 @@ impl Toolchain {
         let _lock = self.lock_stub_builds()?;
         let (built, map) = self.link_stub(codec)?;
         // The next build with another codec overwrites the same path.
-        let mut kept = stub_path(codec);
-        if self.target != MUSL {
-            kept.set_file_name(format!("bundle-stub-{}-{}", codec.name(), self.target));
-        }
+        let kept = stub_path_for(codec, self.target, false);
         copy_file(&built, &kept)?;
         // How well the warm-path layout still fits the code: reported now,
         // and kept for the end-to-end test that fails when it has drifted.
@@ -230,21 +257,14 @@ impl Toolchain {
 
     /// Builds the stub of signed bundles for `codec`: its decoder and the
     /// signature checks (feature `signatures`), kept as
-    /// target/bundle/stubs/bundle-stub-CODEC-signed. The default stubs stay
+    /// bundle-stub-CODEC-signed beside the codec stubs. The default stubs stay
     /// without ed25519 (the bundle size budget);
     /// docs/decisions/0081-verifier-only-in-the-signed-stub.md.
     pub fn build_signed_stub(&self, codec: Codec) -> Result<PathBuf> {
         let _lock = self.lock_stub_builds()?;
-        let mut kept = signed_stub_path(codec);
-        let name = kept
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let kept = stub_path_for(codec, self.target, true);
+        let name = format!("bundle-stub-{}-signed", codec.name());
         let (built, _map) = self.link_stub_variant(&name, &[codec.name(), "signatures"])?;
-        if self.target != MUSL {
-            kept.set_file_name(format!("{name}-{}", self.target));
-        }
         copy_file(&built, &kept)?;
         Ok(kept)
     }
@@ -315,20 +335,47 @@ pub fn default_target_dir() -> PathBuf {
     util::target_dir().join("bundle-build")
 }
 
-/// Where the stub of signed bundles for `codec` is kept between builds.
-pub fn signed_stub_path(codec: Codec) -> PathBuf {
-    util::target_dir()
-        .join("bundle")
-        .join("stubs")
-        .join(format!("bundle-stub-{}-signed", codec.name()))
+/// Where the x86_64 musl stub for `codec` is kept between builds.
+pub fn stub_path(codec: Codec) -> PathBuf {
+    stub_path_for(codec, MUSL, false)
 }
 
-/// Where the stub for `codec` is kept between builds.
-pub fn stub_path(codec: Codec) -> PathBuf {
-    util::target_dir()
-        .join("bundle")
-        .join("stubs")
-        .join(format!("bundle-stub-{}", codec.name()))
+/// Where the stub for `codec` and `target` is kept (`signed`: the stub of
+/// signed bundles, named `-signed`): `target/bundle/stubs/` holds the
+/// x86_64 ones and `aarch64/` beneath it the ARM ones (the layout
+/// `sydney-pack`'s build script embeds), the glibc fallback's beside them
+/// with the target in the name.
+pub fn stub_path_for(codec: Codec, target: &str, signed: bool) -> PathBuf {
+    let stubs = util::target_dir().join("bundle").join("stubs");
+    let signed = if signed { "-signed" } else { "" };
+    let name = format!("bundle-stub-{}{signed}", codec.name());
+    match target {
+        MUSL => stubs.join(name),
+        AARCH64 => stubs.join("aarch64").join(name),
+        other => stubs.join(format!("{name}-{other}")),
+    }
+}
+
+/// The Linux name of `target`'s architecture (`x86_64`, `aarch64`).
+pub fn arch(target: &str) -> &'static str {
+    if target == AARCH64 {
+        "aarch64"
+    } else {
+        "x86_64"
+    }
+}
+
+/// How to run a program built for `target` on this machine: directly, or
+/// through `qemu-ARCH-static` (installed from Debian's qemu-user-static
+/// when missing) for a program of another architecture.
+pub fn runner(target: &str) -> Result<Option<&'static str>> {
+    let qemu = match arch(target) {
+        arch if arch == std::env::consts::ARCH => return Ok(None),
+        "aarch64" => "qemu-aarch64-static",
+        _ => "qemu-x86_64-static",
+    };
+    util::ensure_programs(&[(qemu, "qemu-user-static")])?;
+    Ok(Some(qemu))
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<()> {

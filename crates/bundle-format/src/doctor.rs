@@ -27,6 +27,7 @@ const GLIBC_LIBS: &[&str] = &[
     "libresolv.so.2",
     "libanl.so.1",
     "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
 ];
 
 /// Facts about one ELF file.

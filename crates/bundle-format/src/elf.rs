@@ -1,13 +1,95 @@
 //! Reading the stub's own ELF image: how long it is, so a file with no
 //! trailer can be explained (nothing appended, or cut short), and where its
 //! build-id note lies, so the stub can check that a file is the very image
-//! it is running.
+//! it is running; and which architecture an ELF file is for, so packing can
+//! pick the stub that runs beside it.
 
 use std::ops::Range;
 
 use object::Endianness;
 use object::elf::{FileHeader64, NT_GNU_BUILD_ID, PF_R, PT_LOAD, PT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+
+/// A CPU architecture bundles are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Arch {
+    /// x86_64 (`EM_X86_64`).
+    X86_64,
+    /// 64-bit ARM (`EM_AARCH64`).
+    Aarch64,
+}
+
+impl Arch {
+    /// Every architecture, in the order tools list them.
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The Linux name (`uname -m`): `x86_64` or `aarch64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The OCI (Go) name: `amd64` or `arm64`.
+    pub fn oci_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// Parses a Linux or OCI name (`x86_64`, `amd64`, `aarch64`, `arm64`).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "x86_64" | "amd64" => Some(Arch::X86_64),
+            "aarch64" | "arm64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+
+    /// The architecture for an ELF `e_machine`, if bundles support it.
+    pub fn from_machine(machine: u16) -> Option<Arch> {
+        match machine {
+            object::elf::EM_X86_64 => Some(Arch::X86_64),
+            object::elf::EM_AARCH64 => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The `e_machine` of the ELF file starting with `head` (any class and byte
+/// order; the first 20 bytes suffice), `None` if it is not ELF.
+pub fn machine(head: &[u8]) -> Option<u16> {
+    if head.len() < 20 || !head.starts_with(b"\x7fELF") {
+        return None;
+    }
+    let bytes = [head[18], head[19]];
+    Some(match head[5] {
+        2 => u16::from_be_bytes(bytes),
+        _ => u16::from_le_bytes(bytes),
+    })
+}
+
+/// A readable name for an ELF `e_machine`: the architecture's, or the
+/// number for one bundles do not support.
+pub fn machine_name(machine: u16) -> String {
+    match Arch::from_machine(machine) {
+        Some(arch) => arch.name().to_owned(),
+        None => match machine {
+            object::elf::EM_386 => "i386".to_owned(),
+            object::elf::EM_ARM => "32-bit arm".to_owned(),
+            object::elf::EM_RISCV => "riscv".to_owned(),
+            other => format!("ELF machine {other}"),
+        },
+    }
+}
 
 /// Length of the ELF image at the start of `file`: the furthest byte any
 /// segment, section or the section header table occupies. `None` if `file`
@@ -133,6 +215,25 @@ mod tests {
         h[58] = 64; // e_shentsize
         h[60..62].copy_from_slice(&shnum.to_le_bytes());
         h
+    }
+
+    #[test]
+    fn the_machine_names_the_architecture() {
+        let mut file = header(0, 0);
+        assert_eq!(machine(&file), Some(62));
+        assert_eq!(Arch::from_machine(62), Some(Arch::X86_64));
+        file[18] = 183; // EM_AARCH64
+        assert_eq!(
+            machine(&file).and_then(Arch::from_machine),
+            Some(Arch::Aarch64)
+        );
+        assert_eq!(machine_name(40), "32-bit arm");
+        assert_eq!(machine(b"#!/bin/sh\n"), None);
+        assert_eq!(machine(&file[..19]), None);
+        for arch in Arch::ALL {
+            assert_eq!(Arch::from_name(arch.name()), Some(arch));
+            assert_eq!(Arch::from_name(arch.oci_name()), Some(arch));
+        }
     }
 
     #[test]

@@ -116,6 +116,17 @@ pub fn carry(
             if facts.foreign || facts.is_static() {
                 continue;
             }
+            let arch = crate::elf::machine(&bytes).and_then(crate::elf::Arch::from_machine);
+            if let Some(arch) = arch.filter(|a| a.name() != std::env::consts::ARCH) {
+                return Err(unpackable(
+                    &entry.path,
+                    format!(
+                        "it is an {arch} program, and --portable carries this machine's ({}) \
+                         loader and libraries; pack it --portable on an {arch} machine",
+                        std::env::consts::ARCH
+                    ),
+                ));
+            }
             dynamics.push(Dynamic {
                 rel: entry.rel.clone(),
                 path: entry.path.clone(),
@@ -147,11 +158,15 @@ pub fn carry(
             }
         }
     }
+    // Programs with no loader of their own (shared libraries) use the
+    // standard one of their C library on this machine's architecture.
     for program in &dynamics {
         loaders.entry(program.libc).or_insert_with(|| {
-            PathBuf::from(match program.libc {
-                Libc::Glibc => "/lib64/ld-linux-x86-64.so.2",
-                Libc::Musl => "/lib/ld-musl-x86_64.so.1",
+            PathBuf::from(match (program.libc, std::env::consts::ARCH) {
+                (Libc::Glibc, "aarch64") => "/lib/ld-linux-aarch64.so.1",
+                (Libc::Musl, "aarch64") => "/lib/ld-musl-aarch64.so.1",
+                (Libc::Glibc, _) => "/lib64/ld-linux-x86-64.so.2",
+                (Libc::Musl, _) => "/lib/ld-musl-x86_64.so.1",
             })
         });
     }
@@ -302,8 +317,8 @@ pub fn carry(
                 _ => {
                     return Err(unpackable(
                         &shell,
-                        "the shell is not a static x86_64 program; install busybox-static \
-                         or pass a static shell"
+                        "the shell is not a static program for this machine; install \
+                         busybox-static or pass a static shell"
                             .to_owned(),
                     ));
                 }

@@ -8,11 +8,19 @@ use std::io::{self, Write};
 use crate::config::{Documents, blob_path};
 use crate::layer::{Layer, fixed_header};
 
-/// Writes the archive to `out`.
+/// Where a blob's bytes are.
+enum Blob<'a> {
+    /// A document in memory.
+    Bytes(&'a [u8]),
+    /// A layer in its temporary file.
+    Layer(&'a Layer),
+}
+
+/// Writes the archive to `out`: the documents and `layers` (one per image).
 pub(crate) fn write(
     out: &mut File,
     documents: &Documents,
-    layer: &Layer,
+    layers: &[&Layer],
     mtime: u64,
 ) -> io::Result<()> {
     let mut tar = tar::Builder::new(io::BufWriter::new(out));
@@ -31,16 +39,24 @@ pub(crate) fn write(
         tar.append_data(&mut header, dir, io::empty())?;
     }
     // Blobs in digest order, so the order does not depend on which is which.
-    let mut blobs: Vec<(String, Option<&[u8]>)> = vec![
-        (documents.config.path(), Some(&documents.config.bytes)),
-        (documents.manifest.path(), Some(&documents.manifest.bytes)),
-        (blob_path(&layer.digest), None),
-    ];
-    blobs.sort();
-    for (path, bytes) in blobs {
-        match bytes {
-            Some(bytes) => file(&mut tar, &path, bytes)?,
-            None => {
+    let mut blobs: Vec<(String, Blob<'_>)> = Vec::new();
+    for image in &documents.images {
+        blobs.push((image.config.path(), Blob::Bytes(&image.config.bytes)));
+        blobs.push((image.manifest.path(), Blob::Bytes(&image.manifest.bytes)));
+    }
+    if let Some(platforms) = &documents.platforms {
+        blobs.push((platforms.path(), Blob::Bytes(&platforms.bytes)));
+    }
+    for layer in layers {
+        blobs.push((blob_path(&layer.digest), Blob::Layer(layer)));
+    }
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    // The same blob twice (two bundles with one layer) is written once.
+    blobs.dedup_by(|a, b| a.0 == b.0);
+    for (path, blob) in blobs {
+        match blob {
+            Blob::Bytes(bytes) => file(&mut tar, &path, bytes)?,
+            Blob::Layer(layer) => {
                 let mut header = fixed_header(mtime);
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(0o644);

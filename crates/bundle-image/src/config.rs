@@ -1,5 +1,7 @@
 //! The image's JSON documents: config, manifest, index, `oci-layout`, and
-//! Docker's `manifest.json`, built from the `oci-spec` types.
+//! Docker's `manifest.json`, built from the `oci-spec` types. With bundles
+//! for several architectures, one config and manifest per architecture and
+//! a multi-platform index over them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -8,7 +10,7 @@ use oci_spec::image::{
     ANNOTATION_CREATED, ANNOTATION_REF_NAME, ANNOTATION_REVISION, ANNOTATION_SOURCE,
     ANNOTATION_TITLE, ANNOTATION_VERSION, Arch, ConfigBuilder, Descriptor, DescriptorBuilder,
     Digest, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder,
-    MediaType, OciLayoutBuilder, Os, RootFsBuilder,
+    MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -27,6 +29,8 @@ pub(crate) struct Facts<'a> {
     pub bundle_version: &'a str,
     pub reference: &'a Reference,
     pub layer: &'a Layer,
+    /// The architecture the bundle's stub (and so its payload) is for.
+    pub arch: bundle_format::elf::Arch,
 }
 
 /// A JSON document and its digest.
@@ -53,11 +57,22 @@ pub(crate) fn blob_path(digest: &str) -> String {
     format!("blobs/{}", digest.replacen(':', "/", 1))
 }
 
+/// The config and manifest of the image for one architecture.
+#[derive(Debug)]
+pub(crate) struct Image {
+    pub config: Blob,
+    pub manifest: Blob,
+}
+
 /// Every small file of the archive.
 #[derive(Debug)]
 pub(crate) struct Documents {
-    pub config: Blob,
-    pub manifest: Blob,
+    /// One per bundle, in the order given.
+    pub images: Vec<Image>,
+    /// With several images: the multi-platform index over their manifests
+    /// (what `index.json` names, and the digest a registry would give the
+    /// tag).
+    pub platforms: Option<Blob>,
     pub index: Vec<u8>,
     pub oci_layout: Vec<u8>,
     /// Docker's `manifest.json` (the `docker save` format), over the same
@@ -139,11 +154,126 @@ fn oci_annotations(
     map
 }
 
-/// Builds every document of the image.
+/// The OCI name of an architecture.
+fn oci_arch(arch: bundle_format::elf::Arch) -> Arch {
+    match arch {
+        bundle_format::elf::Arch::X86_64 => Arch::Amd64,
+        bundle_format::elf::Arch::Aarch64 => Arch::ARM64,
+    }
+}
+
+/// Builds every document of the archive for the images `facts` (one per
+/// architecture, the first named `reference` in Docker's `manifest.json`).
 pub(crate) fn documents(
     options: &ImageOptions,
-    facts: &Facts<'_>,
+    facts: &[Facts<'_>],
 ) -> Result<Documents, ImageError> {
+    let first = facts.first().ok_or_else(|| {
+        ImageError::BadOption("no bundle given; name at least one bundle file".to_owned())
+    })?;
+    let images = facts
+        .iter()
+        .map(|facts| image(options, facts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let annotate = |mut descriptor: Descriptor| {
+        descriptor.set_annotations(Some(HashMap::from([
+            (ANNOTATION_REF_NAME.to_owned(), first.reference.tag.clone()),
+            (
+                CONTAINERD_IMAGE_NAME.to_owned(),
+                first.reference.qualified(),
+            ),
+        ])));
+        descriptor
+    };
+    // One image: index.json names its manifest (as before multi-arch).
+    // Several: index.json names one nested index (so the image name's
+    // annotations sit on one entry) whose manifests carry their platform;
+    // podman resolves the name to it and picks this machine's platform.
+    let (top, platforms) = if let [image] = &images[..] {
+        let top = descriptor(
+            MediaType::ImageManifest,
+            &image.manifest.digest,
+            image.manifest.bytes.len() as u64,
+        )?;
+        (top, None)
+    } else {
+        let mut manifests = Vec::new();
+        for (image, facts) in images.iter().zip(facts) {
+            let mut manifest = descriptor(
+                MediaType::ImageManifest,
+                &image.manifest.digest,
+                image.manifest.bytes.len() as u64,
+            )?;
+            manifest.set_platform(Some(
+                PlatformBuilder::default()
+                    .architecture(oci_arch(facts.arch))
+                    .os(Os::Linux)
+                    .build()
+                    .map_err(|e| ImageError::spec("platform", e))?,
+            ));
+            manifests.push(manifest);
+        }
+        let platforms = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(manifests)
+            .build()
+            .map_err(|e| ImageError::spec("index", e))?;
+        let platforms = Blob::new(canonical_bytes("index", to_value("index", &platforms)?)?);
+        let top = descriptor(
+            MediaType::ImageIndex,
+            &platforms.digest,
+            platforms.bytes.len() as u64,
+        )?;
+        (top, Some(platforms))
+    };
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![annotate(top)])
+        .build()
+        .map_err(|e| ImageError::spec("index", e))?;
+    let index = canonical_bytes("index", to_value("index", &index)?)?;
+
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(|e| ImageError::spec("oci-layout", e))?;
+    let oci_layout = canonical_bytes("oci-layout", to_value("oci-layout", &layout)?)?;
+
+    // Docker before 25 loads only this file, which has no platforms: the
+    // first image gets the tag, every other the tag plus `-ARCH`
+    // (`sydney:0.1.0-arm64`), so each can be run by name.
+    let docker = images
+        .iter()
+        .zip(facts)
+        .enumerate()
+        .map(|(i, (image, facts))| {
+            let tag = if i == 0 {
+                facts.reference.to_string()
+            } else {
+                format!("{}-{}", first.reference, facts.arch.oci_name())
+            };
+            DockerArchiveEntry {
+                config: image.config.path(),
+                repo_tags: vec![tag],
+                layers: vec![blob_path(&facts.layer.digest)],
+            }
+        })
+        .collect::<Vec<_>>();
+    let docker_manifest = canonical_bytes("manifest.json", to_value("manifest.json", &docker)?)?;
+
+    Ok(Documents {
+        images,
+        platforms,
+        index,
+        oci_layout,
+        docker_manifest,
+    })
+}
+
+/// The config and manifest of one architecture's image.
+fn image(options: &ImageOptions, facts: &Facts<'_>) -> Result<Image, ImageError> {
     let created = crate::time::rfc3339(options.created);
     let ports = options
         .ports
@@ -171,7 +301,7 @@ pub(crate) fn documents(
         .map_err(|e| ImageError::spec("history", e))?;
     let image_config = ImageConfigurationBuilder::default()
         .created(created.clone())
-        .architecture(Arch::Amd64)
+        .architecture(oci_arch(facts.arch))
         .os(Os::Linux)
         .config(config)
         .rootfs(
@@ -221,46 +351,7 @@ pub(crate) fn documents(
         to_value("manifest", &manifest)?,
     )?);
 
-    let mut manifest_descriptor = descriptor(
-        MediaType::ImageManifest,
-        &manifest.digest,
-        manifest.bytes.len() as u64,
-    )?;
-    manifest_descriptor.set_annotations(Some(HashMap::from([
-        (ANNOTATION_REF_NAME.to_owned(), facts.reference.tag.clone()),
-        (
-            CONTAINERD_IMAGE_NAME.to_owned(),
-            facts.reference.qualified(),
-        ),
-    ])));
-    let index = ImageIndexBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageIndex)
-        .manifests(vec![manifest_descriptor])
-        .build()
-        .map_err(|e| ImageError::spec("index", e))?;
-    let index = canonical_bytes("index", to_value("index", &index)?)?;
-
-    let layout = OciLayoutBuilder::default()
-        .image_layout_version("1.0.0")
-        .build()
-        .map_err(|e| ImageError::spec("oci-layout", e))?;
-    let oci_layout = canonical_bytes("oci-layout", to_value("oci-layout", &layout)?)?;
-
-    let docker = [DockerArchiveEntry {
-        config: config.path(),
-        repo_tags: vec![facts.reference.to_string()],
-        layers: vec![blob_path(&facts.layer.digest)],
-    }];
-    let docker_manifest = canonical_bytes("manifest.json", to_value("manifest.json", &docker)?)?;
-
-    Ok(Documents {
-        config,
-        manifest,
-        index,
-        oci_layout,
-        docker_manifest,
-    })
+    Ok(Image { config, manifest })
 }
 
 fn descriptor(media_type: MediaType, digest: &str, size: u64) -> Result<Descriptor, ImageError> {

@@ -163,6 +163,8 @@ pub struct ImageReport {
     pub bundle_name: String,
     /// The bundle's version.
     pub bundle_version: String,
+    /// The architecture of each bundle's image, in the order given.
+    pub architectures: Vec<bundle_format::elf::Arch>,
 }
 
 /// Writes the image of `bundle` to `out` (an OCI image layout archive).
@@ -175,21 +177,77 @@ pub fn write_image(
     options: &ImageOptions,
     out: &Path,
 ) -> Result<ImageReport, ImageError> {
-    let read = |cause| ImageError::Read {
-        path: bundle.to_owned(),
-        cause,
-    };
-    let bytes = fs::read(bundle).map_err(read)?;
-    let manifest = bundle_format::Bundle::open(&bytes)
-        .map_err(|cause| ImageError::NotABundle {
+    write_multi_arch_image(&[bundle], options, out)
+}
+
+/// Writes one image of `bundles`, one per architecture, to `out`: with a
+/// single bundle exactly [`write_image`]; with several, an OCI index with
+/// a platform (`linux/amd64`, `linux/arm64`) per bundle, so that a runtime
+/// picks the one for its machine. They must be builds of one release (the
+/// same name and version) for different architectures. The report
+/// describes the first bundle's image, except that `manifest_digest` is the
+/// index's.
+pub fn write_multi_arch_image(
+    bundles: &[&Path],
+    options: &ImageOptions,
+    out: &Path,
+) -> Result<ImageReport, ImageError> {
+    let mut read_bundles = Vec::new();
+    for &bundle in bundles {
+        let bytes = fs::read(bundle).map_err(|cause| ImageError::Read {
             path: bundle.to_owned(),
             cause,
-        })?
-        .manifest()
-        .clone();
+        })?;
+        let not_a_bundle = |cause| ImageError::NotABundle {
+            path: bundle.to_owned(),
+            cause,
+        };
+        let manifest = bundle_format::Bundle::open(&bytes)
+            .map_err(not_a_bundle)?
+            .manifest()
+            .clone();
+        let machine = bundle_format::elf::machine(&bytes);
+        let arch = machine
+            .and_then(bundle_format::elf::Arch::from_machine)
+            .ok_or_else(|| {
+                ImageError::BadOption(format!(
+                    "{}: its stub is for {}, not x86_64 or aarch64",
+                    bundle.display(),
+                    machine.map_or(
+                        "no known machine".to_owned(),
+                        bundle_format::elf::machine_name
+                    )
+                ))
+            })?;
+        read_bundles.push((bundle, bytes, manifest, arch));
+    }
+    let Some((name, version)) = read_bundles
+        .first()
+        .map(|(_, _, first, _)| (first.name.clone(), first.version.clone()))
+    else {
+        return Err(ImageError::BadOption(
+            "no bundle given; name at least one bundle file".to_owned(),
+        ));
+    };
+    for (path, _, manifest, arch) in &read_bundles {
+        if (&manifest.name, &manifest.version) != (&name, &version) {
+            return Err(ImageError::BadOption(format!(
+                "{} is {} {}, not {name} {version}: a multi-architecture image holds builds \
+                 of one release",
+                path.display(),
+                manifest.name,
+                manifest.version,
+            )));
+        }
+        if read_bundles.iter().filter(|other| other.3 == *arch).count() > 1 {
+            return Err(ImageError::BadOption(format!(
+                "two bundles are for {arch}; give one bundle per architecture"
+            )));
+        }
+    }
     let reference = match &options.tag {
         Some(tag) => tag.clone(),
-        None => Reference::from_bundle(&manifest.name, &manifest.version)?,
+        None => Reference::from_bundle(&name, &version)?,
     };
     for port in &options.ports {
         config::check_port(port)?;
@@ -211,34 +269,51 @@ pub fn write_image(
             dir.display()
         )));
     }
-    let layer = layer::write(&bytes, options.created, &dir).map_err(write)?;
-    drop(bytes);
-    let facts = config::Facts {
-        bundle_name: &manifest.name,
-        bundle_version: &manifest.version,
-        reference: &reference,
-        layer: &layer,
-    };
+    let mut layers = Vec::new();
+    for (_, bytes, _, _) in &mut read_bundles {
+        layers.push(layer::write(bytes, options.created, &dir).map_err(write)?);
+        // Only the layer file is needed from here on.
+        *bytes = Vec::new();
+    }
+    let facts: Vec<config::Facts<'_>> = read_bundles
+        .iter()
+        .zip(&layers)
+        .map(|((_, _, manifest, arch), layer)| config::Facts {
+            bundle_name: &manifest.name,
+            bundle_version: &manifest.version,
+            reference: &reference,
+            layer,
+            arch: *arch,
+        })
+        .collect();
     let blobs = config::documents(options, &facts)?;
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-image-")
         .tempfile_in(&dir)
         .map_err(write)?;
-    archive::write(temp.as_file_mut(), &blobs, &layer, options.created).map_err(write)?;
+    let layer_refs: Vec<&layer::Layer> = layers.iter().collect();
+    archive::write(temp.as_file_mut(), &blobs, &layer_refs, options.created).map_err(write)?;
     temp.as_file().sync_all().map_err(write)?;
     let archive_bytes = temp.as_file().metadata().map_err(write)?.len();
     temp.persist(out).map_err(|err| write(err.error))?;
+    let image = &blobs.images[0];
+    let layer = &layers[0];
     Ok(ImageReport {
         path: out.to_owned(),
         archive_bytes,
         reference,
-        manifest_digest: blobs.manifest.digest.clone(),
-        config_digest: blobs.config.digest.clone(),
+        manifest_digest: blobs
+            .platforms
+            .as_ref()
+            .map_or(&image.manifest.digest, |index| &index.digest)
+            .clone(),
+        config_digest: image.config.digest.clone(),
         layer_digest: layer.digest.clone(),
         layer_bytes: layer.size,
         bundle_bytes: layer.bundle_bytes,
-        bundle_name: manifest.name,
-        bundle_version: manifest.version,
+        bundle_name: name,
+        bundle_version: version,
+        architectures: read_bundles.iter().map(|b| b.3).collect(),
     })
 }
 

@@ -30,6 +30,8 @@ pub fn inspect(bundle: &Bundle<'_>, path: &Path, files: bool, doctor: bool) -> R
     let payload_len = bundle.payload().len() as u64;
     let mut out = String::new();
     let _ = writeln!(out, "bundle:      {}", path.display());
+    // The stub's own architecture: the same line as `sydney-pack inspect`.
+    let _ = writeln!(out, "arch:        {} (Linux)", std::env::consts::ARCH);
     let _ = writeln!(out, "name:        {}", m.name);
     let _ = writeln!(out, "version:     {}", m.version);
     let _ = writeln!(out, "entry:       {}", m.entry);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use bundle_format::Codec;
+use bundle_format::elf::Arch;
 use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
@@ -108,6 +109,7 @@ Examples:
   sydney-pack image my_app --out my_app.tar        # then: docker load -i my_app.tar
   sydney-pack image my_app --out my_app.tar --tag registry.example/my_app:1.2.0 --port 4000
   skopeo copy oci-archive:my_app.tar docker://registry.example/my_app:1.2.0
+  sydney-pack image my_app-x86_64 my_app-aarch64 --out my_app.tar   # linux/amd64 + linux/arm64
 
 One layer: the bundle at /app and an empty /tmp (mode 1777). Entrypoint /app, Cmd start,
 user 65532, Docker's healthcheck on the bundle's `healthcheck` command. The same bundle
@@ -117,8 +119,10 @@ The archive is an OCI image layout that docker load, podman load and skopeo acce
 /// How to write an image.
 #[derive(Debug, Args)]
 pub struct ImageArgs {
-    /// The bundle file
-    pub bundle: PathBuf,
+    /// The bundle file; several (one release built for x86_64 and aarch64)
+    /// make one multi-architecture image
+    #[arg(required = true, num_args = 1..)]
+    pub bundles: Vec<PathBuf>,
     /// The image archive to write
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
@@ -201,6 +205,11 @@ pub struct PackArgs {
     /// Sign the bundle with this secret key file (from `sydney-pack keygen`)
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<PathBuf>,
+    /// Architecture to pack for: x86_64 or aarch64 (also amd64, arm64)
+    /// [default: that of the folder's ELF programs; a folder mixing them is
+    /// refused]
+    #[arg(long, value_name = "ARCH", value_parser = sydney_pack::arch::parse)]
+    pub target: Option<Arch>,
     /// Carry the ELF loader, shared libraries and a static shell that the
     /// folder's programs need from this machine, so the bundle runs in FROM
     /// scratch, on musl hosts and on any glibc

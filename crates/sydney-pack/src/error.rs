@@ -56,6 +56,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The folder's programs are for several architectures, or for one no
+    /// stub exists for; or `--stub` is for another architecture than them.
+    #[error("{0}")]
+    Arch(String),
+
     /// No stub for the codec (a library caller's stub source failed).
     #[error("{0}")]
     Stub(String),

@@ -33,6 +33,15 @@ pub fn inspect(path: &Path, files: bool) -> Result<String> {
         let _ = writeln!(out, "{:<12} {value}", format!("{key}:"));
     };
     line("bundle", &path.display().to_string());
+    // From the stub's ELF header: the one thing a bundle started on the
+    // wrong machine cannot say itself (the kernel refuses to run it).
+    line(
+        "arch",
+        &match bundle_format::elf::machine(&bytes) {
+            Some(machine) => format!("{} (Linux)", bundle_format::elf::machine_name(machine)),
+            None => "unknown (the stub is not ELF)".to_owned(),
+        },
+    );
     line("name", &m.name);
     line("version", &m.version);
     line("entry", &m.entry);

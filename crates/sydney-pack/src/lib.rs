@@ -8,6 +8,7 @@
 //! without running it. The stubs come from the caller: the binary embeds
 //! them ([`stubs`], feature `embed`), xtask builds them.
 
+pub mod arch;
 pub mod error;
 pub mod inspect;
 pub mod keygen;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bundle_format::Codec;
+use bundle_format::elf::Arch;
 use bundle_format::portable_pack::PortableOptions;
 use clap::{CommandFactory, Parser};
 use sydney_pack::{Error, Request, stubs, ui};
@@ -18,7 +19,7 @@ use crate::cli::{Cli, Command, ImageArgs, PackArgs};
 /// `--version`: the tool's version and the stubs it carries.
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (x86_64 Linux stubs inside: ",
+    " (x86_64 and aarch64 Linux stubs inside: ",
     env!("SYDNEY_PACK_STUBS_SUMMARY"),
     ")"
 );
@@ -32,7 +33,8 @@ enum Exit {
     Usage = 2,
     /// The folder is not a release (and no flags say how to pack it), or it
     /// cannot be packed (missing, not a folder, an entry that does not
-    /// exist, a symlink out of it, a device node).
+    /// exist, a symlink out of it, a device node, programs for several
+    /// architectures).
     NotARelease = 3,
     /// The output cannot be written.
     Output = 4,
@@ -43,7 +45,7 @@ enum Exit {
 impl Exit {
     fn of(err: &Error) -> Exit {
         match err {
-            Error::NotARelease { .. } | Error::Input(_) => Exit::NotARelease,
+            Error::NotARelease { .. } | Error::Input(_) | Error::Arch(_) => Exit::NotARelease,
             Error::Option(_) => Exit::Usage,
             Error::Output { .. } => Exit::Output,
             Error::NotABundle { .. } | Error::Read { .. } => Exit::NotABundle,
@@ -75,8 +77,15 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Usage as u8);
         }
         None => pack(cli.pack),
-        Some(Command::Doctor { dir }) => sydney_pack::doctor(&dir).map(|report| {
+        Some(Command::Doctor { dir }) => sydney_pack::doctor(&dir).and_then(|report| {
+            let entries = bundle_format::pack::scan(&dir).map_err(Error::Input)?;
             print!("{}", report.render());
+            // The stub's own `inspect --doctor` leaves this out: a stub that
+            // runs is already on its payload's architecture.
+            if let Some(line) = sydney_pack::arch::doctor_line(&entries) {
+                println!("{line}");
+            }
+            Ok(())
         }),
         Some(Command::Inspect { file, files }) => {
             sydney_pack::inspect::inspect(&file, files).map(|text| print!("{text}"))
@@ -149,12 +158,19 @@ fn image(args: ImageArgs) -> Result<(), Error> {
     if args.no_healthcheck {
         options.healthcheck = None;
     }
-    let report = bundle_image::write_image(&args.bundle, &options, &args.out)?;
+    let bundles: Vec<&Path> = args.bundles.iter().map(PathBuf::as_path).collect();
+    let report = bundle_image::write_multi_arch_image(&bundles, &options, &args.out)?;
+    let platforms: Vec<String> = report
+        .architectures
+        .iter()
+        .map(|arch| format!("linux/{}", arch.oci_name()))
+        .collect();
     eprintln!(
-        "wrote image {} ({} {}) to {}: {} bytes; config {} (Docker's image ID)",
+        "wrote image {} ({} {}, {}) to {}: {} bytes; config {} (Docker's image ID)",
         report.reference,
         report.bundle_name,
         report.bundle_version,
+        platforms.join(" + "),
         args.out.display(),
         report.archive_bytes,
         report.config_digest
@@ -181,7 +197,12 @@ fn pack(args: PackArgs) -> Result<(), Error> {
         .map(sydney_pack::read_secret_key)
         .transpose()?;
     // Before anything is printed: a wrong stub or key fails on one line.
-    let stub = stub(args.stub.as_deref(), plan.options.codec, key.is_some())?;
+    let stub = stub(
+        args.stub.as_deref(),
+        plan.arch,
+        plan.options.codec,
+        key.is_some(),
+    )?;
     ui::print_inferred(&dir, &plan);
     ui::warn_about_hosts(&dir, &plan.options)?;
     let mut progress = ui::ProgressLine::new();
@@ -227,23 +248,26 @@ fn request(args: &PackArgs) -> Result<Request, Error> {
         portable: args.portable.then(|| PortableOptions {
             shell: args.shell.clone(),
         }),
+        target: args.target,
     })
 }
 
-/// The embedded stub for `codec` (for a signed bundle, the stub of signed
-/// bundles), or the `--stub` file.
-fn stub(path: Option<&Path>, codec: Codec, signed: bool) -> Result<Cow<'static, [u8]>, Error> {
+/// The embedded stub for `arch` and `codec` (for a signed bundle, the stub
+/// of signed bundles), or the `--stub` file (which must be for `arch`).
+fn stub(
+    path: Option<&Path>,
+    arch: Arch,
+    codec: Codec,
+    signed: bool,
+) -> Result<Cow<'static, [u8]>, Error> {
     let Some(path) = path else {
-        return Ok(Cow::Borrowed(if signed {
-            stubs::embedded_signed(codec)
-        } else {
-            stubs::embedded(codec)
-        }));
+        return Ok(Cow::Borrowed(stubs::embedded(arch, codec, signed)));
     };
     let bytes = std::fs::read(path)
         .map_err(|err| Error::Stub(format!("cannot read the stub {}: {err}", path.display())))?;
     let origin = path.display().to_string();
     stubs::check(&bytes, &origin)?;
+    stubs::check_arch(&bytes, &origin, arch)?;
     if signed {
         stubs::check_signing(&bytes, &origin)?;
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bundle_format::Codec;
 use bundle_format::codec::{WHOLE_BUFFER_LIMIT, default_level_for, max_level};
+use bundle_format::elf::Arch;
 use bundle_format::manifest::{validate_env, validate_label};
 use bundle_format::pack::{PackOptions, check_entry, scan};
 use bundle_format::portable_pack::PortableOptions;
@@ -40,6 +41,9 @@ pub struct Request {
     /// `--portable` (with `--shell`): carry the loader, libraries and shell
     /// the folder's programs need from this machine.
     pub portable: Option<PortableOptions>,
+    /// `--target`: the architecture whose stub to use, whatever the
+    /// folder's programs are.
+    pub target: Option<Arch>,
 }
 
 /// One value that was not given and was inferred.
@@ -64,6 +68,8 @@ pub struct Plan {
     pub inferred: Vec<Inferred>,
     /// The release, if the folder is a mix release.
     pub mix: Option<MixRelease>,
+    /// The architecture whose stub goes in front of the payload.
+    pub arch: Arch,
 }
 
 /// Payloads with more file data than this are packed with zstd unless a
@@ -151,6 +157,25 @@ pub fn plan(dir: &Path, request: &Request) -> Result<Plan> {
     label("name", "--name", &name)?;
     label("version", "--app-version", &version)?;
     check_entry(dir, &entry, &entries).map_err(Error::Input)?;
+
+    // The stub must run where the programs run. x86_64 for a folder with
+    // no ELF file (the stub's architecture before aarch64 existed), and
+    // only said when it is not that.
+    let arch = match request.target {
+        Some(arch) => arch,
+        None => match crate::arch::of_folder(&entries)? {
+            Some((Arch::X86_64, _)) | None => Arch::X86_64,
+            Some((arch, file)) => {
+                infer(
+                    "target",
+                    arch.name(),
+                    format!("{file} is an {arch} program"),
+                    "--target",
+                );
+                arch
+            }
+        },
+    };
 
     let args = match (&request.args, &mix) {
         (Some(args), _) => args.clone(),
@@ -240,6 +265,7 @@ pub fn plan(dir: &Path, request: &Request) -> Result<Plan> {
         },
         inferred,
         mix,
+        arch,
     })
 }
 
@@ -328,6 +354,7 @@ mod tests {
             portable: Some(PortableOptions {
                 shell: Some("/opt/busybox".into()),
             }),
+            target: Some(Arch::Aarch64),
         };
         let plan = plan(dir.path(), &request).unwrap();
         assert!(plan.inferred.is_empty(), "{:?}", plan.inferred);
@@ -342,6 +369,7 @@ mod tests {
         assert!(o.args.is_empty() && !o.needs_tree);
         assert_eq!((o.codec, o.level), (Codec::Zstd, 3));
         assert_eq!(o.env, [("RELEASE_TMP".to_owned(), "/run/shop".to_owned())]);
+        assert_eq!(plan.arch, Arch::Aarch64);
     }
 
     /// The promise of the README and `--help`: above 64 MiB of files, zstd

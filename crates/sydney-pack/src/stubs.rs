@@ -1,26 +1,31 @@
-//! The stubs a bundle can start with, one per payload codec.
+//! The stubs a bundle can start with, one per architecture, payload codec
+//! and whether the bundle is signed.
 //!
 //! The `sydney-pack` binary carries them (feature `embed`: build.rs finds
 //! the prebuilt static stubs, `include_bytes!` puts them in), so it needs no
 //! other file at run time. Library callers that build stubs themselves
 //! (`cargo xtask pack`) pass the bytes instead.
 
-/// The stub embedded for `codec`.
+/// The stub embedded for `arch` and `codec`; for a signed bundle, the stub
+/// of signed bundles, which also carries the signature checks
+/// (`SYDNEY_BUNDLE_TRUSTED_KEYS`, `verify`; docs/decisions/0081).
 #[cfg(feature = "embed")]
-pub fn embedded(codec: bundle_format::Codec) -> &'static [u8] {
-    match codec {
-        bundle_format::Codec::Gzip => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP")),
-        bundle_format::Codec::Zstd => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD")),
-    }
-}
-
-/// The embedded stub of signed bundles for `codec`: its decoder and the
-/// signature checks (`SYDNEY_BUNDLE_TRUSTED_KEYS`, `verify`).
-#[cfg(feature = "embed")]
-pub fn embedded_signed(codec: bundle_format::Codec) -> &'static [u8] {
-    match codec {
-        bundle_format::Codec::Gzip => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP_SIGNED")),
-        bundle_format::Codec::Zstd => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD_SIGNED")),
+pub fn embedded(
+    arch: bundle_format::elf::Arch,
+    codec: bundle_format::Codec,
+    signed: bool,
+) -> &'static [u8] {
+    use bundle_format::Codec::{Gzip, Zstd};
+    use bundle_format::elf::Arch::{Aarch64, X86_64};
+    match (arch, codec, signed) {
+        (X86_64, Gzip, false) => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP")),
+        (X86_64, Zstd, false) => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD")),
+        (X86_64, Gzip, true) => include_bytes!(env!("SYDNEY_PACK_STUB_GZIP_SIGNED")),
+        (X86_64, Zstd, true) => include_bytes!(env!("SYDNEY_PACK_STUB_ZSTD_SIGNED")),
+        (Aarch64, Gzip, false) => include_bytes!(env!("SYDNEY_PACK_STUB_AARCH64_GZIP")),
+        (Aarch64, Zstd, false) => include_bytes!(env!("SYDNEY_PACK_STUB_AARCH64_ZSTD")),
+        (Aarch64, Gzip, true) => include_bytes!(env!("SYDNEY_PACK_STUB_AARCH64_GZIP_SIGNED")),
+        (Aarch64, Zstd, true) => include_bytes!(env!("SYDNEY_PACK_STUB_AARCH64_ZSTD_SIGNED")),
     }
 }
 
@@ -55,5 +60,19 @@ pub fn check(stub: &[u8], origin: &str) -> crate::Result<()> {
             "{origin} is not a stub (not an ELF executable); pass a bundle-stub file built by \
              `cargo xtask stubs`"
         )))
+    }
+}
+
+/// Checks that the stub `stub` (from `origin`) runs on `arch`, where the
+/// payload's programs run.
+pub fn check_arch(stub: &[u8], origin: &str, arch: bundle_format::elf::Arch) -> crate::Result<()> {
+    match crate::arch::of_stub(stub) {
+        Some(found) if found == arch => Ok(()),
+        found => Err(crate::Error::Arch(format!(
+            "{origin} is a stub for {}, but the bundle is for {arch}; pass a stub for {arch}, \
+             or --target {} to pack for the stub's architecture",
+            found.map_or("an unknown architecture", |a| a.name()),
+            found.map_or("...", |a| a.name()),
+        ))),
     }
 }

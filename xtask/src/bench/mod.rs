@@ -113,6 +113,9 @@ pub struct Artifacts {
     pub stub_gzip: PathBuf,
     /// The zstd stub.
     pub stub_zstd: PathBuf,
+    /// The same release built and packed for aarch64 (`cargo xtask bundle
+    /// --target aarch64`): measured for size only.
+    pub bundle_aarch64: PathBuf,
 }
 
 impl Artifacts {
@@ -312,6 +315,12 @@ fn settle(dir: &Path) {
 /// measured into `dir`, packs the zstd variant and the reference archives.
 fn prepare(dir: &Path) -> Result<Artifacts> {
     let built = bundle::bundle(bundle::DEFAULT_CODEC, &bundle::default_out(), None)?;
+    let aarch64 = bundle::bundle_for(
+        bundle::DEFAULT_CODEC,
+        &bundle::default_out_for(Some(crate::toolchain::AARCH64)),
+        None,
+        Some(crate::toolchain::AARCH64),
+    )?;
     let toolchain = Toolchain::detect()?;
     let stub_gzip = toolchain.build_stub(Codec::Gzip)?;
     let stub_zstd = toolchain.build_stub(Codec::Zstd)?;
@@ -320,6 +329,8 @@ fn prepare(dir: &Path) -> Result<Artifacts> {
     copy_tree(&built.release, &release)?;
     let shipped = dir.join("sydney-bundle");
     fs::copy(&built.bundle, &shipped)?;
+    let bundle_aarch64 = dir.join("sydney-bundle-aarch64");
+    fs::copy(&aarch64.bundle, &bundle_aarch64)?;
 
     // The zstd variant: the shipped manifest, only the codec changed, so
     // the two bundles differ in stub and payload alone.
@@ -370,6 +381,7 @@ fn prepare(dir: &Path) -> Result<Artifacts> {
         release_txz,
         stub_gzip,
         stub_zstd,
+        bundle_aarch64,
     })
 }
 

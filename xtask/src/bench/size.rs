@@ -1,5 +1,6 @@
-//! Sizes: the server, stub, payload and bundle for both codecs, the FROM
-//! scratch image, and the release folder as tar.gz and tar.xz.
+//! Sizes: the server, stub, payload and bundle for both codecs, the aarch64
+//! bundle, the FROM scratch image, and the release folder as tar.gz and
+//! tar.xz.
 
 use std::fs;
 use std::path::Path;
@@ -11,6 +12,9 @@ use super::json::Json;
 use super::table::{self, Table};
 use super::{Artifacts, Section, proc, tools};
 use crate::util::{self, command};
+
+/// The size goal of a bundle of the sydney release, on either architecture.
+const BUNDLE_GOAL: u64 = 700_000;
 
 /// Stub, payload and whole-file sizes of a bundle.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,7 @@ pub fn run(art: &Artifacts) -> Result<Section> {
     let server = fs::metadata(art.release.join("bin/sydney"))?.len();
     let gzip = parts(&art.bundle)?;
     let zstd = parts(&art.bundle_zstd)?;
+    let aarch64 = parts(&art.bundle_aarch64)?;
     let tar = fs::metadata(&art.release_tar)?.len();
     let tgz = fs::metadata(&art.release_tgz)?.len();
     let txz = fs::metadata(&art.release_txz)?.len();
@@ -127,6 +132,26 @@ pub fn run(art: &Artifacts) -> Result<Section> {
             Json::obj([("error", Json::from(why.as_str()))])
         }
     };
+    table.row(vec![
+        "stub, aarch64 (gzip)".into(),
+        util::grouped(aarch64.stub),
+        vs(aarch64.stub),
+        "-".into(),
+    ]);
+    table.row(vec![
+        "bundle, aarch64 (gzip)".into(),
+        util::grouped(aarch64.total),
+        vs(aarch64.total),
+        format!(
+            "<= {} bytes: {}",
+            util::grouped(BUNDLE_GOAL),
+            if aarch64.total <= BUNDLE_GOAL {
+                "met"
+            } else {
+                "missed"
+            }
+        ),
+    ]);
     let stub_delta = zstd.stub as i64 - gzip.stub as i64;
     let payload_delta = gzip.payload as i64 - zstd.payload as i64;
     let total_delta = zstd.total as i64 - gzip.total as i64;
@@ -157,6 +182,7 @@ pub fn run(art: &Artifacts) -> Result<Section> {
             ("server", Json::from(server)),
             ("gzip", part_json(gzip)),
             ("zstd", part_json(zstd)),
+            ("aarch64_gzip", part_json(aarch64)),
             ("zstd_stub_minus_gzip_stub", Json::Num(stub_delta as f64)),
             (
                 "gzip_payload_minus_zstd_payload",
