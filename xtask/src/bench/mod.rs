@@ -66,8 +66,9 @@ pub struct Plan {
     pub wrk_seconds: u32,
     /// wrk runs per server, alternating.
     pub wrk_rounds: usize,
-    /// Timed rounds of the portable mix release's start-ups (a BEAM start
-    /// takes a good part of a second, so fewer than `startup_runs`).
+    /// Timed rounds of the portable mix release's start-ups (each boots
+    /// the BEAM twice, seconds on a loaded 2-core machine, so fewer than
+    /// `startup_runs`).
     pub mix_startup_runs: usize,
     /// Timed extractions (and patch steps) of the portable mix release.
     pub mix_extract_runs: usize,
