@@ -13,57 +13,15 @@ use e2e::*;
 /// A tiny Elixir app that answers every HTTP request with `Ok`, using only
 /// OTP's :gen_tcp (hex.pm is not reachable here, so no Plug). It says when
 /// it stops cleanly (the application's `stop/1` runs only on an orderly
-/// shutdown).
-pub(crate) const APPLICATION: &str = r#"
-defmodule Hello.Application do
-  use Application
-
-  @impl true
-  def start(_type, _args) do
-    port = String.to_integer(System.get_env("PORT") || "4000")
-    children = [{Task, fn -> Hello.serve(port) end}]
-    Supervisor.start_link(children, strategy: :one_for_one, name: Hello.Supervisor)
-  end
-
-  @impl true
-  def stop(_state) do
-    IO.puts(:stderr, "hello: stopped cleanly")
-  end
-end
-
-defmodule Hello do
-  def serve(port) do
-    {:ok, socket} =
-      :gen_tcp.listen(port, [:binary, packet: :http_bin, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
-    IO.puts(:stderr, "hello: listening on 127.0.0.1:#{port}")
-    accept(socket)
-  end
-
-  defp accept(socket) do
-    {:ok, client} = :gen_tcp.accept(socket)
-    spawn(fn -> answer(client) end)
-    accept(socket)
-  end
-
-  defp answer(client) do
-    drain(client)
-    :gen_tcp.send(client, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOk")
-    :gen_tcp.close(client)
-  end
-
-  defp drain(client) do
-    case :gen_tcp.recv(client, 0, 5000) do
-      {:ok, :http_eoh} -> :ok
-      {:ok, _} -> drain(client)
-      _ -> :ok
-    end
-  end
-end
-"#;
+/// shutdown). `cargo xtask bench` builds the same app from the same files.
+pub(crate) const APPLICATION: &str = include_str!("../fixtures/mix-hello/application.ex");
 
 /// A runtime configuration: with one, a release's `start` writes the
 /// merged config into `RELEASE_TMP` before it boots.
-pub(crate) const RUNTIME_CONFIG: &str = "import Config\nconfig :hello, started_by: :runtime\n";
+pub(crate) const RUNTIME_CONFIG: &str = include_str!("../fixtures/mix-hello/runtime.exs");
+
+/// The project file, with `{deps}` and `{release}` to fill.
+const MIX_EXS_TEMPLATE: &str = include_str!("../fixtures/mix-hello/mix.exs.template");
 
 /// A `mix` command for the project in `work` (`MIX_ENV=prod`, a private
 /// HOME and MIX_HOME: nothing from the machine's user).
@@ -83,27 +41,9 @@ pub(crate) fn mix(work: &Path, args: &[&str]) -> Command {
 /// runtime config, so `start` writes that config into `RELEASE_TMP` (without
 /// a reboot, Elixir 1.14 reads it in place).
 pub(crate) fn mix_exs(deps: &str, release: &str) -> String {
-    format!(
-        r#"defmodule Hello.MixProject do
-  use Mix.Project
-
-  def project do
-    [
-      app: :hello,
-      version: "0.1.0",
-      elixir: "~> 1.14",
-      start_permanent: Mix.env() == :prod,
-      deps: [{deps}],
-      releases: [hello: [{release} reboot_system_after_config: true]]
-    ]
-  end
-
-  def application do
-    [extra_applications: [:logger], mod: {{Hello.Application, []}}]
-  end
-end
-"#
-    )
+    MIX_EXS_TEMPLATE
+        .replace("{deps}", deps)
+        .replace("{release}", release)
 }
 
 /// `mix new hello --sup` in `work`, with the app above, [`mix_exs`] and a

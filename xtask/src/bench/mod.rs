@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick]`: how the bundle compares with running the
 //! server directly and with other ways of shipping a folder as one file.
 //!
-//! Five sections, each printed as markdown and recorded with every raw
+//! Six sections, each printed as markdown and recorded with every raw
 //! number in `target/bench/results.json`:
 //!
 //! - start-up (`startup.rs`): spawn to the first `200 Ok`;
@@ -9,7 +9,9 @@
 //! - large payloads (`large.rs`): packing and cold extraction vs GNU tar;
 //! - throughput (`server.rs`): wrk against sydney and nginx;
 //! - images and Swarm (`fleet.rs`): the image's size and write time, and
-//!   `docker service update` to all replicas healthy.
+//!   `docker service update` to all replicas healthy;
+//! - portable mix release (`portable.rs`): a real `mix release` built here
+//!   (`mixrel.rs`), packed `--portable`, against the seed's tar trick.
 //!
 //! No timing is asserted: CI runs `--quick` so the harness cannot rot, and
 //! the task fails only when a row could not be measured. Everything it
@@ -19,6 +21,8 @@
 mod fleet;
 mod json;
 mod large;
+mod mixrel;
+mod portable;
 mod proc;
 mod server;
 mod size;
@@ -62,6 +66,12 @@ pub struct Plan {
     pub wrk_seconds: u32,
     /// wrk runs per server, alternating.
     pub wrk_rounds: usize,
+    /// Timed rounds of the portable mix release's start-ups (each boots
+    /// the BEAM twice, seconds on a loaded 2-core machine, so fewer than
+    /// `startup_runs`).
+    pub mix_startup_runs: usize,
+    /// Timed extractions (and patch steps) of the portable mix release.
+    pub mix_extract_runs: usize,
 }
 
 impl Plan {
@@ -77,6 +87,8 @@ impl Plan {
                 extract_runs: 2,
                 wrk_seconds: 3,
                 wrk_rounds: 2,
+                mix_startup_runs: 3,
+                mix_extract_runs: 3,
             }
         } else {
             Plan {
@@ -86,6 +98,8 @@ impl Plan {
                 extract_runs: 3,
                 wrk_seconds: 10,
                 wrk_rounds: 2,
+                mix_startup_runs: 20,
+                mix_extract_runs: 15,
             }
         }
     }
@@ -178,12 +192,13 @@ pub fn run(quick: bool) -> Result<()> {
     settle(&dir);
 
     type Step = fn(&Plan, &Artifacts) -> Result<Section>;
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("start-up", startup::run),
         ("size", |_, art| size::run(art)),
         ("large payloads", large::run),
         ("throughput", server::run),
         ("images and swarm", fleet::run),
+        ("portable mix release", portable::run),
     ];
     let mut sections = Vec::new();
     let mut timings = Vec::new();

@@ -33,13 +33,23 @@ const CLEARED_ENV: &[&str] = &[
     "SYDNEY_BUNDLE_DIR",
     "SYDNEY_BUNDLE_STATE_DIR",
     "SYDNEY_BUNDLE_INIT",
+    // Read by a mix release's scripts (portable.rs).
+    "RELEASE_DISTRIBUTION",
+    "RELEASE_NODE",
+    "RELEASE_COOKIE",
+    "RELEASE_TMP",
 ];
 
-/// The seed's launcher: unpack the release, then exec the server.
-const ENTRYPOINT: &str = "#!/bin/sh\n\
-    set -e\n\
-    tar -xzf release.tar.gz -C \"$DIR\"\n\
-    exec \"$DIR/bin/sydney\" \"$@\"\n";
+/// The seed's launcher: unpack the release, then exec `program` (relative
+/// to the release) with the script's arguments.
+fn entrypoint(program: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         set -e\n\
+         tar -xzf release.tar.gz -C \"$DIR\"\n\
+         exec \"$DIR/{program}\" \"$@\"\n"
+    )
+}
 
 /// Runs per round of `direct` and `bundle warm`. Both take about a
 /// millisecond, and their ratio is the finest goal measured here: with 30
@@ -54,7 +64,7 @@ const PEERS: &str = "Peers measured earlier on this kind of machine (warp, makes
 
 /// What to do before each run, outside the timed region.
 #[derive(Debug)]
-enum Reset {
+pub(super) enum Reset {
     /// Nothing (the warm cache stays).
     Keep,
     /// Point `var` at a new directory under `parent` (a cold cache, or
@@ -70,26 +80,30 @@ enum Reset {
 
 /// One way of starting the server.
 #[derive(Debug)]
-struct Variant {
-    name: &'static str,
-    program: PathBuf,
-    args: Vec<String>,
-    env: Vec<(&'static str, PathBuf)>,
-    cwd: Option<PathBuf>,
-    reset: Reset,
-    ours: bool,
+pub(super) struct Variant {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(&'static str, PathBuf)>,
+    pub cwd: Option<PathBuf>,
+    pub reset: Reset,
+    pub ours: bool,
+    /// Where the port goes: `None` for sydney's `--port P --bind
+    /// 127.0.0.1` after the arguments, `Some(VAR)` for `VAR=P` in the
+    /// environment (the mix release's app reads `PORT`).
+    pub port_env: Option<&'static str>,
     /// Runs in each round (interleaved with the other variants' runs).
-    per_round: usize,
+    pub per_round: usize,
     /// Timed runs, in ms.
-    runs: Vec<f64>,
+    pub runs: Vec<f64>,
     /// Runs that were tried again.
-    retries: usize,
+    pub retries: usize,
     /// Why it could not be measured.
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
 impl Variant {
-    fn new(name: &'static str, program: PathBuf, ours: bool) -> Variant {
+    pub fn new(name: &'static str, program: PathBuf, ours: bool) -> Variant {
         Variant {
             name,
             program,
@@ -98,6 +112,7 @@ impl Variant {
             cwd: None,
             reset: Reset::Keep,
             ours,
+            port_env: None,
             per_round: 1,
             runs: Vec::new(),
             retries: 0,
@@ -105,17 +120,17 @@ impl Variant {
         }
     }
 
-    fn failed(name: &'static str, err: &anyhow::Error) -> Variant {
+    pub fn failed(name: &'static str, err: &anyhow::Error) -> Variant {
         let mut variant = Variant::new(name, PathBuf::new(), false);
         variant.error = Some(format!("{err:#}"));
         variant
     }
 
-    fn median(&self) -> f64 {
+    pub fn median(&self) -> f64 {
         table::median(&self.runs)
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut line = self
             .env
             .iter()
@@ -129,7 +144,10 @@ impl Variant {
             line.push(' ');
             line.push_str(arg);
         }
-        line + " --port P --bind 127.0.0.1"
+        match self.port_env {
+            None => line + " --port P --bind 127.0.0.1",
+            Some(var) => format!("{var}=P {line}"),
+        }
     }
 }
 
@@ -147,18 +165,26 @@ pub fn run(plan: &Plan, art: &Artifacts) -> Result<Section> {
         variants.len(),
         plan.startup_runs
     );
+    measure(plan.startup_runs, &mut variants, &log);
+    super::trash(art, &runs)?;
+    Ok(report(plan, &variants))
+}
+
+/// Times every variant `rounds` times, interleaved round-robin (each
+/// variant `per_round` times a round), after one untimed warm-up round
+/// (which also fills a warm cache). A variant that fails [`ATTEMPTS`] times
+/// in a row gets its `error` and is not run again.
+pub(super) fn measure(rounds: usize, variants: &mut [Variant], log: &Path) {
     let mut run_id = 0;
     let most_per_round = variants.iter().map(|v| v.per_round).max().unwrap_or(1);
-    for (round, repeat) in
-        (0..=plan.startup_runs).flat_map(|r| (0..most_per_round).map(move |i| (r, i)))
-    {
+    for (round, repeat) in (0..=rounds).flat_map(|r| (0..most_per_round).map(move |i| (r, i))) {
         let due = |v: &&mut Variant| v.error.is_none() && repeat < v.per_round;
         for variant in variants.iter_mut().filter(due) {
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 run_id += 1;
-                match time_one(variant, run_id, &log) {
+                match time_one(variant, run_id, log) {
                     Ok(elapsed) => {
                         if round > 0 {
                             variant.runs.push(elapsed.as_secs_f64() * 1e3);
@@ -177,8 +203,6 @@ pub fn run(plan: &Plan, art: &Artifacts) -> Result<Section> {
             }
         }
     }
-    super::trash(art, &runs)?;
-    Ok(report(plan, &variants))
 }
 
 fn variants(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Vec<Variant>> {
@@ -213,23 +237,35 @@ fn variants(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Vec<Variant>> {
     warm.per_round = CHEAP_PER_ROUND;
     let cold = bundle("bundle cold", &art.bundle, "cold", true);
     let cold_zstd = bundle("bundle cold (zstd)", &art.bundle_zstd, "cold-zstd", true);
-    let tar_trick = tar_trick(art, &dir.join("tar-trick"), &runs.join("tar-trick"))
-        .unwrap_or_else(|err| Variant::failed("tar-trick", &err));
+    let tar_trick = tar_trick(
+        "tar-trick",
+        &art.release_tgz,
+        "bin/sydney",
+        &dir.join("tar-trick"),
+        &runs.join("tar-trick"),
+    )
+    .unwrap_or_else(|err| Variant::failed("tar-trick", &err));
     let makeself = makeself(art, &dir.join("makeself"), &runs.join("makeself"))
         .unwrap_or_else(|err| Variant::failed("makeself", &err));
     Ok(vec![direct, warm, cold, cold_zstd, tar_trick, makeself])
 }
 
-/// `entrypoint.sh` next to a tar.gz (gzip -9) of the release; each run
-/// unpacks into a fresh, empty `$DIR`.
-fn tar_trick(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Variant> {
+/// `entrypoint.sh` in `dir` next to `tgz` (a tar.gz of the release),
+/// starting `program`; each run unpacks into a fresh, empty `$DIR`.
+pub(super) fn tar_trick(
+    name: &'static str,
+    tgz: &Path,
+    program: &str,
+    dir: &Path,
+    runs: &Path,
+) -> Result<Variant> {
     tools::path("tar")?;
     fs::create_dir_all(dir)?;
-    fs::copy(&art.release_tgz, dir.join("release.tar.gz"))?;
+    fs::copy(tgz, dir.join("release.tar.gz"))?;
     let script = dir.join("entrypoint.sh");
-    fs::write(&script, ENTRYPOINT)?;
+    fs::write(&script, entrypoint(program))?;
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-    let mut variant = Variant::new("tar-trick", script, false);
+    let mut variant = Variant::new(name, script, false);
     variant.cwd = Some(dir.to_owned());
     variant.reset = Reset::Fresh {
         var: "DIR",
@@ -275,11 +311,14 @@ fn makeself(art: &Artifacts, dir: &Path, runs: &Path) -> Result<Variant> {
 fn time_one(variant: &Variant, run_id: usize, log: &Path) -> Result<Duration> {
     let port = proc::free_port()?;
     let mut cmd = Command::new(&variant.program);
-    cmd.args(&variant.args)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+    cmd.args(&variant.args);
     for name in CLEARED_ENV {
         cmd.env_remove(name);
     }
+    match variant.port_env {
+        None => cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]),
+        Some(var) => cmd.env(var, port.to_string()),
+    };
     for (name, value) in &variant.env {
         cmd.env(name, value);
     }

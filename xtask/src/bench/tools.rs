@@ -20,6 +20,10 @@ pub const NEEDED: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("sync", "coreutils"),
     ("time", "time"),
+    // The portable mix release: Debian's Elixir, and the static shell
+    // `--portable` carries.
+    ("mix", "elixir"),
+    ("busybox", "busybox-static"),
 ];
 
 /// Where `program` is: on PATH, or in an sbin directory (nginx lives in
