@@ -18,3 +18,4 @@ mod repro;
 mod run;
 mod swarm;
 mod sydney_pack;
+mod upgrade;

@@ -136,6 +136,11 @@ struct PackArgs {
     /// cache root to try after SYDNEY_BUNDLE_DIR (absolute path)
     #[argh(option)]
     cache_dir: Option<String>,
+    /// a listening socket the bundle's `daemon` supervisor holds and hands
+    /// to the server, for zero-downtime `upgrade`: tcp:[ADDRESS:]PORT
+    /// (PORT may be $PORT); repeatable
+    #[argh(option)]
+    listen: Vec<String>,
     /// stub executable to use (default: this workspace's, built if needed)
     #[argh(option)]
     stub: Option<PathBuf>,
@@ -337,6 +342,7 @@ fn run(task: Task) -> Result<()> {
                 },
                 env: args.env,
                 cache_dir: args.cache_dir,
+                listen: args.listen,
                 mtime: util::source_date_epoch()?,
                 portable: args
                     .portable

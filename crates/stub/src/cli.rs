@@ -38,6 +38,8 @@ pub enum Command {
     Daemon(Daemon),
     Stop(Stop),
     Restart(Restart),
+    Upgrade(Upgrade),
+    Rollback(Rollback),
     Pid(Pid),
     Version(Version),
     Exec(Exec),
@@ -96,7 +98,9 @@ pub struct Stop {
     pub timeout: u64,
 }
 
-/// Stop the running instance (if any), then start it again in the background.
+/// Restart the instance started by `daemon`: with a supervisor (listening
+/// sockets declared), a zero-downtime handover to a new server on the same
+/// sockets; without, stop (if running) and start again.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "restart", example = "{command_name}")]
 pub struct Restart {
@@ -108,13 +112,52 @@ pub struct Restart {
     pub args: Vec<String>,
 }
 
+/// Upgrade the running `daemon` instance to NEWFILE without dropping a
+/// request: verify it, start it on the same sockets, wait until it is
+/// ready, drain the old server, then replace this file (the old one is kept
+/// as <this file>.previous).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "upgrade",
+    example = "{command_name} ./app-1.2.0",
+    note = "Needs a supervised instance (listening sockets declared with `pack --listen`, \
+            started with `daemon`). On failure the old version keeps serving, no file \
+            changes, and the exit code says why: 28 another upgrade runs, 29 the new \
+            version did not become ready, 31 another bundle, 14 damaged."
+)]
+pub struct Upgrade {
+    /// the new bundle file (same name)
+    #[argh(positional)]
+    pub file: String,
+    /// seconds the new server may take to report ready (default 30)
+    #[argh(option, default = "30")]
+    pub timeout: u64,
+}
+
+/// Go back to the previous file (<this file>.previous) the same way
+/// `upgrade` goes forward.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "rollback",
+    example = "{command_name}",
+    note = "Exit code 30 if there is no previous file."
+)]
+pub struct Rollback {
+    /// seconds the server may take to report ready (default 30)
+    #[argh(option, default = "30")]
+    pub timeout: u64,
+}
+
 /// Print the pid of the instance started by `daemon`.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
     name = "pid",
     example = "{command_name}",
-    note = "Prints \"not running\" and exits 3 if nothing runs."
+    note = "Prints \"not running\" and exits 3 if nothing runs. With a supervisor, the \
+            server's pid (it changes with each upgrade)."
 )]
 pub struct Pid {}
 

@@ -1,13 +1,15 @@
 //! `cargo xtask bench [--quick]`: how the bundle compares with running the
 //! server directly and with other ways of shipping a folder as one file.
 //!
-//! Five sections, each printed as markdown and recorded with every raw
+//! Six sections, each printed as markdown and recorded with every raw
 //! number in `target/bench/results.json`:
 //!
 //! - start-up (`startup.rs`): spawn to the first `200 Ok`;
 //! - size (`size.rs`);
 //! - large payloads (`large.rs`): packing and cold extraction vs GNU tar;
 //! - throughput (`server.rs`): wrk against sydney and nginx;
+//! - upgrades (`upgrade.rs`): wrk against a supervised instance while
+//!   `upgrade` alternates two versions, and across stop-then-start;
 //! - images and Swarm (`fleet.rs`): the image's size and write time, and
 //!   `docker service update` to all replicas healthy.
 //!
@@ -27,6 +29,7 @@ mod svg;
 mod synth;
 mod table;
 mod tools;
+mod upgrade;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -175,11 +178,12 @@ pub fn run(quick: bool) -> Result<()> {
     settle(&dir);
 
     type Step = fn(&Plan, &Artifacts) -> Result<Section>;
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("start-up", startup::run),
         ("size", |_, art| size::run(art)),
         ("large payloads", large::run),
         ("throughput", server::run),
+        ("upgrades", upgrade::run),
         ("images and swarm", fleet::run),
     ];
     let mut sections = Vec::new();
