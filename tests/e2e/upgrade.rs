@@ -261,9 +261,11 @@ fn one_response(reader: &mut BufReader<TcpStream>) -> Result<bool, String> {
 /// Waits until the load generator has counted `more` further answers.
 fn wait_for_answers(load: &Load, more: u64) {
     let target = load.ok() + more;
-    eventually(Duration::from_secs(10), "the load generator gets answers", || {
-        load.ok() >= target
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the load generator gets answers",
+        || load.ok() >= target,
+    );
 }
 
 #[test]
@@ -274,8 +276,14 @@ fn upgrade_under_load_drops_no_request_and_rollback_goes_back() {
     let v2_bytes = fs::read(&v2).unwrap();
     let old = instance.pid();
     let supervisor = instance.supervisor();
-    assert_ne!(old, supervisor, "pid must name the server, not the supervisor");
-    assert_eq!(wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0, 200);
+    assert_ne!(
+        old, supervisor,
+        "pid must name the server, not the supervisor"
+    );
+    assert_eq!(
+        wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0,
+        200
+    );
 
     // Nothing to roll back to yet.
     let ran = run(&mut instance.cmd(&["rollback"]));
@@ -288,7 +296,12 @@ fn upgrade_under_load_drops_no_request_and_rollback_goes_back() {
         .expect_stdout("upgraded sydney from 1.0.0 to 2.0.0");
     wait_for_answers(&load, 200);
     let (ok, failed, errors) = load.finish();
-    assert_eq!(failed, 0, "{failed} of {} requests failed: {errors:?}", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {errors:?}",
+        ok + failed
+    );
 
     assert_eq!(instance.version(), "sydney 2.0.0");
     let new = instance.pid();
@@ -297,8 +310,15 @@ fn upgrade_under_load_drops_no_request_and_rollback_goes_back() {
     assert!(alive(new));
     assert_eq!(instance.supervisor(), supervisor, "the supervisor stays");
     assert_eq!(fs::read(&instance.app).unwrap(), v2_bytes);
-    assert_eq!(fs::read(instance.sandbox.join("app.previous")).unwrap(), v1_bytes);
-    assert_eq!(instance.neighbours(), ["app.previous"], "staged copies left");
+    assert_eq!(
+        fs::read(instance.sandbox.join("app.previous")).unwrap(),
+        v1_bytes
+    );
+    assert_eq!(
+        instance.neighbours(),
+        ["app.previous"],
+        "staged copies left"
+    );
 
     // rollback: the same handover, back to v1; v2 becomes the previous file.
     let load = Load::start(instance.addr(), 8);
@@ -308,10 +328,18 @@ fn upgrade_under_load_drops_no_request_and_rollback_goes_back() {
         .expect_stdout("rolled back sydney from 2.0.0 to 1.0.0");
     wait_for_answers(&load, 100);
     let (ok, failed, errors) = load.finish();
-    assert_eq!(failed, 0, "{failed} of {} requests failed: {errors:?}", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {errors:?}",
+        ok + failed
+    );
     assert_eq!(instance.version(), "sydney 1.0.0");
     assert_eq!(fs::read(&instance.app).unwrap(), v1_bytes);
-    assert_eq!(fs::read(instance.sandbox.join("app.previous")).unwrap(), v2_bytes);
+    assert_eq!(
+        fs::read(instance.sandbox.join("app.previous")).unwrap(),
+        v2_bytes
+    );
     assert!(!alive(new));
 
     // restart: a handover to the same file.
@@ -326,7 +354,10 @@ fn upgrade_under_load_drops_no_request_and_rollback_goes_back() {
     run(&mut instance.cmd(&["stop"])).expect_success();
     assert!(!alive(server) && !alive(supervisor));
     run(&mut instance.cmd(&["pid"])).expect_code(3);
-    assert!(TcpStream::connect(instance.addr()).is_err(), "the port still accepts");
+    assert!(
+        TcpStream::connect(instance.addr()).is_err(),
+        "the port still accepts"
+    );
 }
 
 impl Instance {
@@ -351,7 +382,11 @@ fn an_upgrade_whose_server_exits_is_rolled_back() {
     assert_eq!(instance.get_ok(), 200);
     assert_eq!(instance.version(), "sydney 1.0.0");
     assert_eq!(fs::read(&instance.app).unwrap(), before, "the file changed");
-    assert!(instance.neighbours().is_empty(), "{:?}", instance.neighbours());
+    assert!(
+        instance.neighbours().is_empty(),
+        "{:?}",
+        instance.neighbours()
+    );
 }
 
 #[test]
@@ -364,7 +399,11 @@ fn other_names_bad_digests_and_concurrent_upgrades_are_refused() {
     let dir = instance.sandbox.join("other");
     copy_release(&dir);
     let other = instance.sandbox.join("other-bundle");
-    pack(&dir, &pack_options("other", "bin/sydney", Codec::Gzip), &other);
+    pack(
+        &dir,
+        &pack_options("other", "bin/sydney", Codec::Gzip),
+        &other,
+    );
     let ran = run(&mut instance.cmd(&["upgrade", other.to_str().unwrap()]));
     ran.expect_code(31)
         .expect_stderr("is a bundle of other, not of sydney");
@@ -388,11 +427,22 @@ fn other_names_bad_digests_and_concurrent_upgrades_are_refused() {
     // A second upgrade while one waits for a server that never gets ready.
     let slow = instance.script_bundle("7.0.0", "#!/bin/sh\nexec sleep 30\n");
     let mut first = instance.cmd(&["upgrade", "--timeout", "5", slow.to_str().unwrap()]);
-    let first = spawn(first.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped())).unwrap();
+    let first = spawn(
+        first
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
     let state = instance.state();
-    eventually(Duration::from_secs(10), "the first upgrade starts its server", || {
-        Sandbox::list(&state).iter().any(|name| name.starts_with("notify."))
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the first upgrade starts its server",
+        || {
+            Sandbox::list(&state)
+                .iter()
+                .any(|name| name.starts_with("notify."))
+        },
+    );
     let ran = run(&mut instance.cmd(&["upgrade", v2.to_str().unwrap()]));
     ran.expect_code(28).expect_stderr("another upgrade");
     let output = first.wait_with_output().unwrap();
@@ -402,7 +452,11 @@ fn other_names_bad_digests_and_concurrent_upgrades_are_refused() {
     assert_eq!(instance.pid(), old);
     assert_eq!(instance.get_ok(), 200);
     assert_eq!(fs::read(&instance.app).unwrap(), before, "the file changed");
-    assert!(instance.neighbours().is_empty(), "{:?}", instance.neighbours());
+    assert!(
+        instance.neighbours().is_empty(),
+        "{:?}",
+        instance.neighbours()
+    );
 }
 
 #[test]
@@ -414,11 +468,22 @@ fn kill_9_of_the_supervisor_mid_upgrade_leaves_a_consistent_state() {
     let slow = instance.script_bundle("7.0.0", "#!/bin/sh\nexec sleep 30\n");
 
     let mut upgrade = instance.cmd(&["upgrade", "--timeout", "20", slow.to_str().unwrap()]);
-    let upgrade = spawn(upgrade.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped())).unwrap();
+    let upgrade = spawn(
+        upgrade
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
     let state = instance.state();
-    eventually(Duration::from_secs(10), "the upgrade starts its server", || {
-        Sandbox::list(&state).iter().any(|name| name.starts_with("notify."))
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the upgrade starts its server",
+        || {
+            Sandbox::list(&state)
+                .iter()
+                .any(|name| name.starts_with("notify."))
+        },
+    );
     kill(supervisor, 9);
     let output = upgrade.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(29), "{output:?}");
@@ -434,7 +499,11 @@ fn kill_9_of_the_supervisor_mid_upgrade_leaves_a_consistent_state() {
         TcpStream::connect(instance.addr()).is_err()
     });
     assert_eq!(fs::read(&instance.app).unwrap(), before, "the file changed");
-    assert!(instance.neighbours().is_empty(), "{:?}", instance.neighbours());
+    assert!(
+        instance.neighbours().is_empty(),
+        "{:?}",
+        instance.neighbours()
+    );
 
     run(&mut instance.cmd(&["stop"])).expect_code(3);
     run(&mut instance.cmd(&["upgrade", slow.to_str().unwrap()])).expect_code(3);

@@ -252,6 +252,10 @@ struct BenchArgs {
     /// runs, in under 3 minutes
     #[argh(switch)]
     quick: bool,
+    /// run only this section (start-up, size, large payloads, throughput,
+    /// upgrades, images and swarm); the report then holds only it
+    #[argh(option)]
+    only: Option<String>,
 }
 
 /// Regenerate crates/stub/warm-path.ld, the list that lays out the stub's
@@ -382,7 +386,7 @@ fn run(task: Task) -> Result<()> {
             image::write(&args.bundle, &options, &args.out)?;
         }
         Task::Test(args) => test::run(&args.args)?,
-        Task::Bench(args) => bench::run(args.quick)?,
+        Task::Bench(args) => bench::run(args.quick, args.only.as_deref())?,
         Task::WarmOrder(_) => warm_order::generate()?,
     }
     Ok(())

@@ -248,7 +248,12 @@ impl StateDir {
     }
 
     /// [`Self::record`] into `path` (the pidfile, or the supervisor's record).
-    pub(crate) fn record_as(&self, reserved: &Reserved, record: PidRecord, path: &Path) -> Result<()> {
+    pub(crate) fn record_as(
+        &self,
+        reserved: &Reserved,
+        record: PidRecord,
+        path: &Path,
+    ) -> Result<()> {
         let mut text = format!("{} {}", record.pid, record.start_time).into_bytes();
         text.resize(RECORD_LEN - 1, b' ');
         text.push(b'\n');

@@ -572,8 +572,16 @@ pub fn signal_fd(signals: &[i32]) -> io::Result<File> {
         for &signal in signals {
             libc::sigaddset(&mut set, signal);
         }
-        cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-        let fd = cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+        cvt(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
         Ok(File::from_raw_fd(fd))
     }
 }
@@ -584,11 +592,7 @@ pub fn read_signal(fd: &File) -> Option<i32> {
     unsafe {
         let mut info = std::mem::zeroed::<libc::signalfd_siginfo>();
         let size = size_of::<libc::signalfd_siginfo>();
-        let n = libc::read(
-            fd.as_raw_fd(),
-            (&raw mut info).cast::<libc::c_void>(),
-            size,
-        );
+        let n = libc::read(fd.as_raw_fd(), (&raw mut info).cast::<libc::c_void>(), size);
         (n == size as isize).then_some(info.ssi_signo as i32)
     }
 }
@@ -656,12 +660,22 @@ pub fn reap_now(pid: i32) -> Option<ChildExit> {
 pub struct ServerSpawn {
     path: CString,
     argv: Vec<CString>,
-    env: Vec<Vec<u8>>,
-    listen_pid: Option<usize>,
+    /// Our own `NAME=value\0` entries; `LISTEN_PID=` last when `listen_pid`.
+    extra: Vec<Vec<u8>>,
+    listen_pid: bool,
 }
 
 /// Room for a pid's digits in `LISTEN_PID=` (pids are below 2^22).
 const PID_DIGITS: usize = 10;
+
+/// The variables of the socket-activation and notify protocols, which a
+/// child gets from [`ServerSpawn`] only.
+const PROTOCOL_VARS: [&[u8]; 4] = [
+    b"LISTEN_FDS",
+    b"LISTEN_PID",
+    b"LISTEN_FDNAMES",
+    b"NOTIFY_SOCKET",
+];
 
 impl ServerSpawn {
     /// `path args...` with this process's environment minus the variables
@@ -676,33 +690,21 @@ impl ServerSpawn {
     ) -> io::Result<ServerSpawn> {
         let argv = args
             .iter()
-            .map(|a| {
-                CString::new(a.as_bytes()).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte")
-                })
-            })
+            .map(|a| cstring(Path::new(a)))
             .collect::<io::Result<Vec<_>>>()?;
-        let ours: [&[u8]; 4] = [b"LISTEN_FDS", b"LISTEN_PID", b"LISTEN_FDNAMES", b"NOTIFY_SOCKET"];
-        let mut env: Vec<Vec<u8>> = inherited_environment()
-            .filter(|entry| !ours.contains(&env_name(entry.to_bytes())))
-            .map(|entry| entry.to_bytes_with_nul().to_vec())
+        let mut own: Vec<Vec<u8>> = extra
+            .iter()
+            .map(|e| format!("{e}\0").into_bytes())
             .collect();
-        env.extend(extra.iter().map(|e| {
-            let mut bytes = e.clone().into_bytes();
-            bytes.push(0);
-            bytes
-        }));
-        let mut listen_pid = None;
         if sockets > 0 {
-            env.push(format!("LISTEN_FDS={sockets}\0").into_bytes());
-            listen_pid = Some(env.len());
-            env.push([&b"LISTEN_PID="[..], &[0u8; PID_DIGITS + 1]].concat());
+            own.push(format!("LISTEN_FDS={sockets}\0").into_bytes());
+            own.push([&b"LISTEN_PID="[..], &[0u8; PID_DIGITS + 1]].concat());
         }
         Ok(ServerSpawn {
             path: cstring(path)?,
             argv,
-            env,
-            listen_pid,
+            extra: own,
+            listen_pid: sockets > 0,
         })
     }
 
@@ -716,13 +718,19 @@ impl ServerSpawn {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        let envp: Vec<*mut libc::c_char> = self
-            .env
-            .iter_mut()
-            .map(|e| e.as_mut_ptr().cast::<libc::c_char>())
-            .chain(std::iter::once(std::ptr::null_mut()))
+        let mut envp: Vec<*const libc::c_char> = inherited_environment()
+            .filter(|entry| !PROTOCOL_VARS.contains(&env_name(entry.to_bytes())))
+            .map(CStr::as_ptr)
             .collect();
-        let listen_pid = self.listen_pid.map(|i| envp[i]);
+        envp.extend(self.extra.iter().map(|e| e.as_ptr().cast::<libc::c_char>()));
+        envp.push(std::ptr::null());
+        let listen_pid = match self.listen_pid {
+            true => self
+                .extra
+                .last_mut()
+                .map(|e| e.as_mut_ptr().cast::<libc::c_char>()),
+            false => None,
+        };
         let parent = getpid();
         // SAFETY: after fork the child calls only async-signal-safe functions
         // (sigprocmask, signal, prctl, getppid, dup2, fcntl, getpid, execve,
@@ -771,7 +779,7 @@ impl ServerSpawn {
                 }
                 *value.add(n) = 0;
             }
-            libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr().cast());
+            libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }
     }

@@ -8,10 +8,10 @@
 //! server on a tokio runtime until SIGTERM or SIGINT.
 
 mod activation;
-mod notify;
 mod cli;
 mod config;
 mod log;
+mod notify;
 mod server;
 
 use std::io::{self, Write};
@@ -145,7 +145,11 @@ fn serve(
         if let Some(socket) = &notify_socket {
             // The listeners accept from here on: tell the supervisor.
             if let Err(err) = notify::ready(socket) {
-                warn!("cannot send READY=1 to {}={}: {err}", notify::VAR, socket.display());
+                warn!(
+                    "cannot send READY=1 to {}={}: {err}",
+                    notify::VAR,
+                    socket.display()
+                );
             }
         }
 

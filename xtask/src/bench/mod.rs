@@ -163,7 +163,7 @@ pub fn report_unmeasured(
 }
 
 /// Runs the benchmarks and writes the report.
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     let started = Instant::now();
     let plan = Plan::new(quick);
     let dir = util::target_dir().join("bench");
@@ -186,9 +186,21 @@ pub fn run(quick: bool) -> Result<()> {
         ("upgrades", upgrade::run),
         ("images and swarm", fleet::run),
     ];
+    if let Some(only) = only
+        && !steps.iter().any(|(name, _)| *name == only)
+    {
+        let names: Vec<&str> = steps.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "no bench section {only:?}; the sections are: {}",
+            names.join(", ")
+        );
+    }
     let mut sections = Vec::new();
     let mut timings = Vec::new();
     for (name, step) in steps {
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let section_start = Instant::now();
         let result = step(&plan, &art);
         let seconds = section_start.elapsed().as_secs_f64();

@@ -247,7 +247,11 @@ impl Instance {
             }
             if let Some(status) = child.try_wait()? {
                 if !status.success() {
-                    bail!("switching to {} failed ({status}); see {}", next.display(), self.log.display());
+                    bail!(
+                        "switching to {} failed ({status}); see {}",
+                        next.display(),
+                        self.log.display()
+                    );
                 }
                 if serving.is_some() {
                     break;
@@ -334,9 +338,7 @@ fn report(
         let serving = (!run.serving_ms.is_empty()).then(|| table::median(&run.serving_ms));
         let serving_ratio = serving.map(|s| s / cold_ms);
         let ours = std::ptr::eq(run, handover);
-        let met = run.failed == 0
-            && p99_ratio <= 2.0
-            && serving_ratio.is_some_and(|r| r <= 2.0);
+        let met = run.failed == 0 && p99_ratio <= 2.0 && serving_ratio.is_some_and(|r| r <= 2.0);
         table.row(vec![
             label.into(),
             run.requests.to_string(),
@@ -344,7 +346,11 @@ fn report(
             table::ms(run.p99_ms),
             table::ratio(p99_ratio),
             serving.map_or("-".into(), |s| {
-                format!("{} ({})", table::ms(s), table::ms(table::max(&run.serving_ms)))
+                format!(
+                    "{} ({})",
+                    table::ms(s),
+                    table::ms(table::max(&run.serving_ms))
+                )
             }),
             serving_ratio.map_or("-".into(), table::ratio),
             if ours {
@@ -366,7 +372,12 @@ fn report(
             ("failed", Json::from(run.failed as f64)),
             (
                 "failure_lines",
-                Json::Arr(run.failures.iter().map(|l| Json::from(l.as_str())).collect()),
+                Json::Arr(
+                    run.failures
+                        .iter()
+                        .map(|l| Json::from(l.as_str()))
+                        .collect(),
+                ),
             ),
             ("p99_ms", Json::from(run.p99_ms)),
             ("serving_ms", Json::nums(&run.serving_ms)),
@@ -374,7 +385,7 @@ fn report(
     }
     table.note(format!(
         "Cold start (spawn of `start` on an empty cache to the first `200 Ok`, median of 3): \
-         {}. \"To new version serving\": from running the command until the pidfile names a \
+         {} ms. \"To new version serving\": from running the command until the pidfile names a \
          new server and the port answers; for an upgrade the command itself returns later, \
          once the old server has drained.",
         table::ms(cold_ms)
