@@ -98,9 +98,8 @@ pub struct Stop {
     pub timeout: u64,
 }
 
-/// Restart the instance started by `daemon`: with a supervisor (listening
-/// sockets declared), a zero-downtime handover to a new server on the same
-/// sockets; without, stop (if running) and start again.
+/// Restart the `daemon` instance: a handover to a new server on the same
+/// sockets if it has a supervisor, else stop (if running) and start again.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "restart", example = "{command_name}")]
 pub struct Restart {
@@ -121,10 +120,8 @@ pub struct Restart {
     subcommand,
     name = "upgrade",
     example = "{command_name} ./app-1.2.0",
-    note = "Needs a supervised instance (listening sockets declared with `pack --listen`, \
-            started with `daemon`). On failure the old version keeps serving, no file \
-            changes, and the exit code says why: 28 another upgrade runs, 29 the new \
-            version did not become ready, 31 another bundle, 14 damaged."
+    note = "Without declared sockets (pack --listen) it stops, then starts. On failure the \
+            old version keeps serving and no file changes (docs/UPGRADES.md)."
 )]
 pub struct Upgrade {
     /// the new bundle file (same name)

@@ -136,11 +136,7 @@ fn run(command: Command) -> Result<()> {
             println!("stopped {name} (pid {pid})");
         }
         Command::Upgrade(args) => {
-            let running = upgrade::Running {
-                bundle: &bundle,
-                path: file.path(),
-                state: state_for_control(&bundle)?,
-            };
+            let running = running(&bundle, &file)?;
             let timeout = Duration::from_secs(args.timeout);
             println!(
                 "{}",
@@ -148,22 +144,14 @@ fn run(command: Command) -> Result<()> {
             );
         }
         Command::Rollback(args) => {
-            let running = upgrade::Running {
-                bundle: &bundle,
-                path: file.path(),
-                state: state_for_control(&bundle)?,
-            };
+            let running = running(&bundle, &file)?;
             println!(
                 "{}",
                 upgrade::rollback(&running, Duration::from_secs(args.timeout))?
             );
         }
         Command::Restart(args) if supervised(&bundle)? => {
-            let running = upgrade::Running {
-                bundle: &bundle,
-                path: file.path(),
-                state: state_for_control(&bundle)?,
-            };
+            let running = running(&bundle, &file)?;
             println!(
                 "{}",
                 upgrade::restart(&running, &args.args, supervise::READY_TIMEOUT)?
@@ -280,6 +268,15 @@ fn stop(name: &str, state: &lifecycle::StateDir, timeout: Duration) -> Result<i3
         }
     }
     Ok(pid)
+}
+
+/// What `upgrade`, `rollback` and `restart` work on.
+fn running<'a>(bundle: &'a Bundle<'a>, file: &selfexe::SelfFile) -> Result<upgrade::Running<'a>> {
+    Ok(upgrade::Running {
+        bundle,
+        path: file.path(),
+        state: state_for_control(bundle)?,
+    })
 }
 
 /// Whether the running instance has a supervisor (for `restart`).

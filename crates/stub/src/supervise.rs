@@ -159,21 +159,40 @@ pub fn daemon(state: &StateDir, name: &str, plan: Plan, mut held: Held) -> Resul
             // (or has failed).
             let mut report = Vec::new();
             let _ = report_reader.read_to_end(&mut report);
-            match report.split_first() {
-                Some((0, pid)) if pid.len() == 4 => {
-                    Ok(i32::from_le_bytes([pid[0], pid[1], pid[2], pid[3]]))
-                }
-                Some((&code, message)) => Err(coded(
-                    exit_from_code(code),
-                    String::from_utf8_lossy(message).into_owned(),
-                )),
-                None => Err(anyhow::anyhow!(
+            decode_report(&report).unwrap_or_else(|| {
+                Err(anyhow::anyhow!(
                     "the supervisor of {name} ended before the server started; see the log {}",
                     state.log_path().display()
-                )),
-            }
+                ))
+            })
         }
     }
+}
+
+/// A report (to `daemon`) or a control reply (to `upgrade`): a zero byte
+/// and the server's pid (4 bytes, little-endian), or an exit code and the
+/// message. The same encoding both ways keeps the stub smaller.
+fn encode_report(result: &Result<i32>) -> Vec<u8> {
+    match result {
+        Ok(pid) => [&[0u8][..], &pid.to_le_bytes()].concat(),
+        Err(err) => {
+            let mut bytes = vec![exit_for(err).code().max(1)];
+            bytes.extend_from_slice(format!("{err:#}").as_bytes());
+            bytes
+        }
+    }
+}
+
+/// The pid or the error a report carries; `None` when it is empty (the
+/// other side ended without one).
+fn decode_report(report: &[u8]) -> Option<Result<i32>> {
+    Some(match report.split_first()? {
+        (0, pid) if pid.len() == 4 => Ok(i32::from_le_bytes([pid[0], pid[1], pid[2], pid[3]])),
+        (&code, message) => Err(coded(
+            exit_from_code(code),
+            String::from_utf8_lossy(message).into_owned(),
+        )),
+    })
 }
 
 /// The exit code a report carries.
@@ -202,28 +221,19 @@ fn supervise(
     drop(held);
     let mut supervisor = match started {
         Ok(supervisor) => supervisor,
-        Err(err) => return report_failure(&mut report, &err),
-    };
-    match supervisor.handover(&bundle_path, READY_TIMEOUT) {
-        Ok(pid) => {
-            let mut message = vec![0u8];
-            message.extend_from_slice(&pid.to_le_bytes());
-            let _ = report.write_all(&message);
-        }
         Err(err) => {
-            supervisor.cleanup();
-            return report_failure(&mut report, &err);
+            let _ = report.write_all(&encode_report(&Err(err)));
+            return 1;
         }
+    };
+    let first = supervisor.handover(&bundle_path, READY_TIMEOUT);
+    let _ = report.write_all(&encode_report(&first));
+    if let Err(err) = first {
+        supervisor.cleanup();
+        return i32::from(exit_for(&err).code().max(1));
     }
     drop(report);
     supervisor.run()
-}
-
-fn report_failure(report: &mut io::PipeWriter, err: &anyhow::Error) -> i32 {
-    let code = exit_for(err).code().max(1);
-    let _ = report.write_all(&[code]);
-    let _ = report.write_all(format!("{err:#}").as_bytes());
-    i32::from(code)
 }
 
 struct Supervisor<'a> {
@@ -469,11 +479,8 @@ impl<'a> Supervisor<'a> {
         {
             return;
         }
-        let reply = match self.handle(&request) {
-            Ok(pid) => format!("ok {pid}\n"),
-            Err(err) => format!("err {} {err:#}\n", exit_for(&err).code()),
-        };
-        let _ = conn.write_all(reply.as_bytes());
+        let reply = self.handle(&request);
+        let _ = conn.write_all(&encode_report(&reply));
     }
 
     fn handle(&mut self, request: &[u8]) -> Result<i32> {
@@ -560,21 +567,12 @@ pub fn request_handover(
     conn.write_all(request.as_bytes())
         .and_then(|()| conn.shutdown(std::net::Shutdown::Write))
         .context("cannot send the request to the supervisor")?;
-    let mut reply = String::new();
-    let _ = conn.read_to_string(&mut reply);
-    let reply = reply.trim_end();
-    if let Some(pid) = reply.strip_prefix("ok ") {
-        return pid
-            .parse()
-            .with_context(|| format!("the supervisor answered {reply:?}"));
-    }
-    if let Some(rest) = reply.strip_prefix("err ") {
-        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-        let exit = exit_from_code(code.parse().unwrap_or(1));
-        return Err(coded(exit, message.to_owned()));
-    }
-    Err(coded(
-        Exit::UpgradeFailed,
-        "the supervisor ended during the handover (was it killed?); its servers stop with it",
-    ))
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    decode_report(&reply).unwrap_or_else(|| {
+        Err(coded(
+            Exit::UpgradeFailed,
+            "the supervisor ended during the handover (was it killed?); its servers stop with it",
+        ))
+    })
 }

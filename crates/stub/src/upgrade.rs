@@ -54,26 +54,6 @@ fn upgrade_lock(running: &Running<'_>) -> Result<fs::File> {
     Ok(lock)
 }
 
-/// Refuses unless a supervised instance runs.
-fn require_supervisor(running: &Running<'_>, what: &str) -> Result<()> {
-    let name = &running.bundle.manifest().name;
-    if !running.state.check()? || !matches!(running.state.status()?, Status::Running(_)) {
-        return Err(coded(Exit::NotRunning, format!("{name} is not running")));
-    }
-    if supervise::running(&running.state)?.is_none() {
-        return Err(coded(
-            Exit::Usage,
-            format!(
-                "{name} runs without a supervisor (no listening sockets declared), so `{what}` \
-                 cannot hand over; declare them with `pack --listen tcp:PORT` or \
-                 {}=tcp:PORT and start it with `daemon`, or use `stop` and `daemon`",
-                supervise::LISTEN_VAR
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// `upgrade NEWFILE` (and `rollback`, which is an upgrade to the previous
 /// file). Returns the line to print.
 pub fn upgrade(running: &Running<'_>, new_file: &Path, timeout: Duration) -> Result<String> {
@@ -217,9 +197,9 @@ pub fn rollback(running: &Running<'_>, timeout: Duration) -> Result<String> {
     switch_to(running, &previous, timeout, "rolled back")
 }
 
-/// The supervised `restart`: a handover to the same file.
+/// The supervised `restart` (main checked that a supervisor runs): a
+/// handover to the same file.
 pub fn restart(running: &Running<'_>, args: &[String], timeout: Duration) -> Result<String> {
-    require_supervisor(running, "restart")?;
     let _lock = upgrade_lock(running)?;
     let args = (!args.is_empty()).then_some(args);
     let pid = supervise::request_handover(&running.state, &running.path, timeout, args)
