@@ -576,3 +576,43 @@ pub fn request_handover(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        let ok = encode_report(&Ok(4_194_303));
+        assert!(matches!(decode_report(&ok), Some(Ok(4_194_303))));
+        let failed = encode_report(&Err(coded(Exit::UpgradeFailed, "not ready")));
+        let err = decode_report(&failed).unwrap().unwrap_err();
+        assert_eq!(exit_for(&err), Exit::UpgradeFailed);
+        assert_eq!(err.to_string(), "not ready");
+        // Success is never encoded as code 0 with a message.
+        let plain = encode_report(&Err(anyhow::anyhow!("plain")));
+        assert_eq!(plain[0], Exit::Failure.code());
+        assert!(decode_report(&[]).is_none());
+    }
+
+    #[test]
+    fn listen_specs_are_checked_before_binding() {
+        for bad in [
+            "8080",
+            "udp:53",
+            "tcp:",
+            "tcp:host:80",
+            "tcp:127.0.0.1:http",
+        ] {
+            let err = bind(bad).unwrap_err();
+            assert_eq!(exit_for(&err), Exit::Usage, "{bad}");
+            assert!(
+                err.to_string().contains("expected tcp:[ADDRESS:]PORT"),
+                "{bad}: {err}"
+            );
+        }
+        let listeners = bind("tcp:127.0.0.1:0, tcp:[::1]:0").unwrap();
+        assert_eq!(listeners.len(), 2);
+        assert!(listeners[1].local_addr().unwrap().is_ipv6());
+    }
+}

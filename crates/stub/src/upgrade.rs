@@ -274,3 +274,21 @@ impl Drop for Staged {
         let _ = fs::remove_file(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previous_and_staged_files_sit_next_to_the_bundle() {
+        let app = Path::new("/opt/app/sydney-bundle");
+        assert_eq!(
+            previous_path(app),
+            Path::new("/opt/app/sydney-bundle.previous")
+        );
+        assert_eq!(
+            hidden_sibling(app, "upgrade.7"),
+            Path::new("/opt/app/.sydney-bundle.upgrade.7")
+        );
+    }
+}
