@@ -22,11 +22,17 @@ struct Instance {
     /// The installed bundle file (`daemon`, `upgrade` run from it).
     app: PathBuf,
     port: u16,
+    /// `SYDNEY_BUNDLE_LISTEN` for every command ("": no supervisor).
+    listen: &'static str,
 }
 
 impl Instance {
-    /// Packs v1 as `app` and starts it with `daemon`.
+    /// Packs v1 as `app` and starts it with `daemon`, supervised.
     fn start() -> Instance {
+        Instance::start_with("tcp:127.0.0.1:$PORT")
+    }
+
+    fn start_with(listen: &'static str) -> Instance {
         let sandbox = Sandbox::new();
         let app = sandbox.join("app");
         pack_sydney(&sandbox, "1.0.0", &app);
@@ -34,6 +40,7 @@ impl Instance {
             sandbox,
             app,
             port: free_port(),
+            listen,
         };
         let ran = run(&mut instance.cmd(&["daemon"]));
         ran.expect_success();
@@ -45,7 +52,7 @@ impl Instance {
         command
             .args(args)
             .env("PORT", self.port.to_string())
-            .env("SYDNEY_BUNDLE_LISTEN", "tcp:127.0.0.1:$PORT");
+            .env("SYDNEY_BUNDLE_LISTEN", self.listen);
         command
     }
 
@@ -511,4 +518,42 @@ fn kill_9_of_the_supervisor_mid_upgrade_leaves_a_consistent_state() {
     ran.expect_success();
     assert_eq!(instance.get_ok(), 200);
     assert_eq!(instance.version(), "sydney 1.0.0");
+}
+
+#[test]
+fn without_declared_sockets_upgrade_says_it_stops_then_starts() {
+    let instance = Instance::start_with("");
+    let v1_bytes = fs::read(&instance.app).unwrap();
+    let old = instance.pid();
+    assert!(
+        !instance.state().join("supervisor").exists(),
+        "a supervisor runs although no socket is declared"
+    );
+    assert_eq!(
+        wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0,
+        200
+    );
+    let v2 = instance.packed("2.0.0");
+
+    let ran = run(&mut instance.cmd(&["upgrade", v2.to_str().unwrap()]));
+    ran.expect_success()
+        .expect_stderr("stops it and then starts the new version")
+        .expect_stdout("upgraded sydney from 1.0.0 to 2.0.0");
+    assert_eq!(instance.version(), "sydney 2.0.0");
+    let new = instance.pid();
+    assert_ne!(new, old);
+    assert!(!alive(old));
+    assert_eq!(
+        wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0,
+        200
+    );
+    assert_eq!(
+        fs::read(instance.sandbox.join("app.previous")).unwrap(),
+        v1_bytes
+    );
+    assert_eq!(
+        instance.neighbours(),
+        ["app.previous"],
+        "staged copies left"
+    );
 }
