@@ -20,3 +20,4 @@ mod run;
 mod signing;
 mod swarm;
 mod sydney_pack;
+mod upgrade;

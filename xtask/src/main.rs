@@ -137,6 +137,11 @@ struct PackArgs {
     /// cache root to try after SYDNEY_BUNDLE_DIR (absolute path)
     #[argh(option)]
     cache_dir: Option<String>,
+    /// a listening socket the bundle's `daemon` supervisor holds and hands
+    /// to the server, for zero-downtime `upgrade`: tcp:[ADDRESS:]PORT
+    /// (PORT may be $PORT); repeatable
+    #[argh(option)]
+    listen: Vec<String>,
     /// stub executable to use (default: this workspace's, built if needed)
     #[argh(option)]
     stub: Option<PathBuf>,
@@ -258,6 +263,10 @@ struct BenchArgs {
     /// runs, in under 3 minutes
     #[argh(switch)]
     quick: bool,
+    /// run only this section (start-up, size, large payloads, throughput,
+    /// upgrades, images and swarm); the report then holds only it
+    #[argh(option)]
+    only: Option<String>,
 }
 
 /// Regenerate crates/stub/warm-path.ld, the list that lays out the stub's
@@ -357,6 +366,7 @@ fn run(task: Task) -> Result<()> {
                 },
                 env: args.env,
                 cache_dir: args.cache_dir,
+                listen: args.listen,
                 mtime: util::source_date_epoch()?,
                 portable: args
                     .portable
@@ -410,7 +420,7 @@ fn run(task: Task) -> Result<()> {
             image::write_multi_arch(&bundles, &options, &args.out)?;
         }
         Task::Test(args) => test::run(&args.args)?,
-        Task::Bench(args) => bench::run(args.quick)?,
+        Task::Bench(args) => bench::run(args.quick, args.only.as_deref())?,
         Task::WarmOrder(_) => warm_order::generate()?,
     }
     Ok(())

@@ -178,6 +178,14 @@ impl Toolchain {
                 .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar")
                 .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", gcc);
         }
+        // The C code (libdeflate, zstd) without unwind tables: nothing
+        // unwinds through it (panic = "abort"), and its `.eh_frame` sits in
+        // the read-only segment of every stub
+        // (docs/decisions/0072-no-unwind-tables-in-c-code.md).
+        cargo.env(
+            format!("CFLAGS_{}", self.target.replace('-', "_")),
+            "-fno-asynchronous-unwind-tables -fno-unwind-tables",
+        );
         // A developer's own flags would change the bytes.
         cargo.env_remove("CARGO_ENCODED_RUSTFLAGS");
         if !final_args.is_empty() {

@@ -38,6 +38,8 @@ pub enum Command {
     Daemon(Daemon),
     Stop(Stop),
     Restart(Restart),
+    Upgrade(Upgrade),
+    Rollback(Rollback),
     Pid(Pid),
     Version(Version),
     Exec(Exec),
@@ -96,7 +98,8 @@ pub struct Stop {
     pub timeout: u64,
 }
 
-/// Stop the running instance (if any), then start it again in the background.
+/// Restart the `daemon` instance: a handover if it has a supervisor, else
+/// stop (if running) and start.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "restart", example = "{command_name}")]
 pub struct Restart {
@@ -108,13 +111,48 @@ pub struct Restart {
     pub args: Vec<String>,
 }
 
+/// Hand the running `daemon` instance over to NEWFILE with no dropped
+/// request; this file is then replaced (the old one kept as .previous).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "upgrade",
+    example = "{command_name} ./app-1.2.0",
+    note = "Without declared sockets (pack --listen) it stops, then starts. On failure the \
+            old version keeps serving and no file changes (docs/UPGRADES.md)."
+)]
+pub struct Upgrade {
+    /// the new bundle file (same name)
+    #[argh(positional)]
+    pub file: String,
+    /// seconds the new server may take to report ready (default 30)
+    #[argh(option, default = "30")]
+    pub timeout: u64,
+}
+
+/// Go back to the previous file (<this file>.previous) the same way
+/// `upgrade` goes forward.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "rollback",
+    example = "{command_name}",
+    note = "Exit code 30 if there is no previous file."
+)]
+pub struct Rollback {
+    /// seconds the server may take to report ready (default 30)
+    #[argh(option, default = "30")]
+    pub timeout: u64,
+}
+
 /// Print the pid of the instance started by `daemon`.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
     name = "pid",
     example = "{command_name}",
-    note = "Prints \"not running\" and exits 3 if nothing runs."
+    note = "Prints \"not running\" and exits 3 if nothing runs. With a supervisor, the \
+            server's pid (it changes with each upgrade)."
 )]
 pub struct Pid {}
 

@@ -63,6 +63,15 @@ pub enum Exit {
     Untrusted = 26,
     /// The bundle's signature does not match its contents.
     BadSignature = 27,
+    /// `upgrade`, `rollback`, `restart`: another one is running.
+    UpgradeBusy = 28,
+    /// `upgrade`, `rollback`, `restart`: the new version did not become
+    /// ready; it was stopped and the old one keeps serving.
+    UpgradeFailed = 29,
+    /// `rollback`: there is no previous file to go back to.
+    NoPrevious = 30,
+    /// `upgrade`: the new file is another bundle (another name).
+    WrongBundle = 31,
     /// The entry exists but could not be executed (shell convention).
     NotExecutable = 126,
     /// The entry or its interpreter was not found (shell convention).
@@ -106,6 +115,13 @@ impl Exit {
         ),
         (Exit::Untrusted, "not signed by a trusted key"),
         (Exit::BadSignature, "bad signature"),
+        (Exit::UpgradeBusy, "upgrade: another one is running"),
+        (
+            Exit::UpgradeFailed,
+            "upgrade: new version not ready; old one serves",
+        ),
+        (Exit::NoPrevious, "rollback: no previous version"),
+        (Exit::WrongBundle, "upgrade: another bundle's file"),
         (Exit::NotExecutable, "entry could not be executed"),
         (Exit::NotFound, "entry or its interpreter not found"),
     ];

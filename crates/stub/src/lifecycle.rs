@@ -127,7 +127,7 @@ impl StateDir {
     /// Opens a file of the state directory without following a symlink,
     /// and refuses it unless it is a regular file of ours that nobody else
     /// can write (exit 23).
-    fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<Option<File>> {
+    pub(crate) fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<Option<File>> {
         let file = match options.custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -163,7 +163,7 @@ impl StateDir {
         }
     }
 
-    fn open_lock(path: &Path) -> Result<File> {
+    pub(crate) fn open_lock(path: &Path) -> Result<File> {
         Self::open_checked(
             path,
             OpenOptions::new()
@@ -201,7 +201,7 @@ impl StateDir {
     /// Creates the pidfile's temp file and writes a placeholder of the
     /// record's full size, so that space runs out here, before anything is
     /// started, rather than after. Removed again on failure.
-    fn reserve_record(&self) -> Result<Reserved> {
+    pub(crate) fn reserve_record(&self) -> Result<Reserved> {
         self.remove_dead_temps();
         let path = self.dir.join(format!(".pid.{}", std::process::id()));
         let file = OpenOptions::new()
@@ -244,18 +244,40 @@ impl StateDir {
     /// Fills the reserved pidfile in place (no new space needed) and renames
     /// it over the pidfile.
     fn record(&self, reserved: &Reserved, record: PidRecord) -> Result<()> {
+        self.record_as(reserved, record, &self.pid_path())
+    }
+
+    /// [`Self::record`] into `path` (the pidfile, or the supervisor's record).
+    pub(crate) fn record_as(
+        &self,
+        reserved: &Reserved,
+        record: PidRecord,
+        path: &Path,
+    ) -> Result<()> {
         let mut text = format!("{} {}", record.pid, record.start_time).into_bytes();
         text.resize(RECORD_LEN - 1, b' ');
         text.push(b'\n');
         reserved
             .file
             .write_all_at(&text, 0)
-            .and_then(|()| fs::rename(&reserved.path, self.pid_path()))
-            .with_context(|| format!("cannot write {}", self.pid_path().display()))
+            .and_then(|()| fs::rename(&reserved.path, path))
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     fn read_record(&self) -> Result<Option<Result<PidRecord, String>>> {
-        let path = self.pid_path();
+        self.read_record_at(self.pid_path())
+    }
+
+    /// A file of the state directory, by name.
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The record at `path` (the pidfile, or the supervisor's record).
+    pub(crate) fn read_record_at(
+        &self,
+        path: PathBuf,
+    ) -> Result<Option<Result<PidRecord, String>>> {
         let Some(file) = Self::open_checked(&path, OpenOptions::new().read(true))? else {
             return Ok(None);
         };
@@ -316,7 +338,7 @@ impl StateDir {
     /// Is `record` a live process, and the instance that was recorded? It
     /// must have the recorded start time, and the instance lock must be
     /// held, by that very process where /proc shows its descriptors.
-    fn is_ours(&self, record: PidRecord) -> Result<bool> {
+    pub(crate) fn is_ours(&self, record: PidRecord) -> Result<bool> {
         // EPERM: it exists but belongs to another user: not ours.
         if !sys::kill(record.pid, 0).unwrap_or(false) {
             return Ok(false);
@@ -345,7 +367,7 @@ impl StateDir {
 const RECORD_LEN: usize = 48;
 
 /// The pidfile's temp file, space reserved; removed on drop unless renamed.
-struct Reserved {
+pub(crate) struct Reserved {
     path: PathBuf,
     file: File,
 }
@@ -425,7 +447,11 @@ pub fn state_dir(
 }
 
 /// `daemon`: starts the entry detached and returns its pid once it runs.
-pub fn daemon(bundle: &Bundle<'_>, ready: &Launch) -> Result<i32> {
+pub fn daemon(
+    bundle: &Bundle<'_>,
+    ready: &Launch,
+    supervised: Option<crate::supervise::Plan>,
+) -> Result<i32> {
     let name = &bundle.manifest().name;
     let state = state_dir(
         cache::state_dir(&ready.cache_env, &ready.decision, name),
@@ -457,6 +483,19 @@ pub fn daemon(bundle: &Bundle<'_>, ready: &Launch) -> Result<i32> {
     )?
     .with_context(|| format!("cannot open the log {}", log_path.display()))?;
     let stdin = null_input()?;
+    if let Some(plan) = supervised {
+        return crate::supervise::daemon(
+            &state,
+            name,
+            plan,
+            crate::supervise::Held {
+                registering: Some(_registering),
+                lock,
+                log,
+                stdin,
+            },
+        );
+    }
     // Before anything runs: on a full disk this is what fails.
     let reserved = state.reserve_record()?;
     let (mut report_reader, report_writer) = io::pipe().context("cannot create a pipe")?;

@@ -17,10 +17,12 @@ mod lifecycle;
 mod maint;
 mod portable;
 mod selfexe;
+mod supervise;
 mod sys;
 mod tree;
 mod trust;
 mod ui;
+mod upgrade;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -138,15 +140,37 @@ fn run(command: Command) -> Result<()> {
         Command::Version(_) => println!("{} {}", name, bundle.manifest().version),
         Command::Start(args) => return Err(start(&bundle, &args.args, true)),
         Command::Exec(args) => return Err(start(&bundle, &args.args, false)),
-        Command::Daemon(args) => daemon(&bundle, &args.args)?,
+        Command::Daemon(args) => daemon(&bundle, &file.path(), &args.args)?,
         Command::Stop(args) => {
             let state = state_for_control(&bundle)?;
-            let pid = lifecycle::stop(&name, &state, Duration::from_secs(args.timeout))?;
+            let pid = stop(&name, &state, Duration::from_secs(args.timeout))?;
             println!("stopped {name} (pid {pid})");
+        }
+        Command::Upgrade(args) => {
+            let running = running(&bundle, &file)?;
+            let timeout = Duration::from_secs(args.timeout);
+            println!(
+                "{}",
+                upgrade::upgrade(&running, Path::new(&args.file), timeout)?
+            );
+        }
+        Command::Rollback(args) => {
+            let running = running(&bundle, &file)?;
+            println!(
+                "{}",
+                upgrade::rollback(&running, Duration::from_secs(args.timeout))?
+            );
+        }
+        Command::Restart(args) if supervised(&bundle)? => {
+            let running = running(&bundle, &file)?;
+            println!(
+                "{}",
+                upgrade::restart(&running, &args.args, supervise::READY_TIMEOUT)?
+            );
         }
         Command::Restart(args) => {
             let state = state_for_control(&bundle)?;
-            let stopped = match lifecycle::stop(&name, &state, Duration::from_secs(args.timeout)) {
+            let stopped = match stop(&name, &state, Duration::from_secs(args.timeout)) {
                 Ok(pid) => {
                     println!("stopped {name} (pid {pid})");
                     Some(pid)
@@ -154,7 +178,7 @@ fn run(command: Command) -> Result<()> {
                 Err(err) if exit_for(&err) == Exit::NotRunning => None,
                 Err(err) => return Err(err),
             };
-            daemon(&bundle, &args.args).map_err(|err| match stopped {
+            daemon(&bundle, &file.path(), &args.args).map_err(|err| match stopped {
                 Some(pid) => err.context(format!(
                     "stopped {name} (pid {pid}) but could not start it again; nothing runs now"
                 )),
@@ -201,10 +225,23 @@ fn start(bundle: &Bundle<'_>, user_args: &[String], default_args: bool) -> anyho
     launch::exec(bundle, &ready)
 }
 
-fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
-    let ready = launch::prepare(bundle, true, user_args)?;
+fn daemon(bundle: &Bundle<'_>, path: &Path, user_args: &[String]) -> Result<()> {
+    let mut ready = launch::prepare(bundle, true, user_args)?;
     portable::before_entry(bundle, &ready);
-    let pid = lifecycle::daemon(bundle, &ready)?;
+    let supervised = match supervise::listen_spec(bundle) {
+        Some(spec) => Some(supervise::Plan {
+            bundle_path: path.to_path_buf(),
+            args: user_args.to_vec(),
+            listeners: supervise::bind(&spec)?,
+        }),
+        None => None,
+    };
+    if supervised.is_some() {
+        // Each server's own stub holds its tree; the supervisor must not
+        // keep this one in use for as long as it lives.
+        drop(ready.tree.take());
+    }
+    let pid = lifecycle::daemon(bundle, &ready, supervised)?;
     let state = lifecycle::state_dir(
         cache::state_dir(&ready.cache_env, &ready.decision, &bundle.manifest().name),
         &ready.decision,
@@ -215,6 +252,48 @@ fn daemon(bundle: &Bundle<'_>, user_args: &[String]) -> Result<()> {
         state.log_path().display()
     );
     Ok(())
+}
+
+/// `stop`: waits for a running upgrade to finish, stops the server, then
+/// waits (bounded) for its supervisor, if any, to exit too.
+fn stop(name: &str, state: &lifecycle::StateDir, timeout: Duration) -> Result<i32> {
+    let supervisor = match state.check()? {
+        true => supervise::running(state)?,
+        false => None,
+    };
+    let _upgrades = match supervisor {
+        Some(_) => {
+            let lock = lifecycle::StateDir::open_lock(&state.file("upgrade.lock"))?;
+            sys::flock(&lock, sys::Lock::Exclusive)?;
+            Some(lock)
+        }
+        None => None,
+    };
+    let pid = lifecycle::stop(name, state, timeout)?;
+    if let Some(record) = supervisor {
+        if !supervise::wait_gone(record, Duration::from_secs(5)) {
+            anyhow::bail!(
+                "stopped {name} (pid {pid}) but its supervisor (pid {}) is still there",
+                record.pid
+            );
+        }
+    }
+    Ok(pid)
+}
+
+/// What `upgrade`, `rollback` and `restart` work on.
+fn running<'a>(bundle: &'a Bundle<'a>, file: &selfexe::SelfFile) -> Result<upgrade::Running<'a>> {
+    Ok(upgrade::Running {
+        bundle,
+        path: file.path(),
+        state: state_for_control(bundle)?,
+    })
+}
+
+/// Whether the running instance has a supervisor (for `restart`).
+fn supervised(bundle: &Bundle<'_>) -> Result<bool> {
+    let state = state_for_control(bundle)?;
+    Ok(state.check()? && supervise::running(&state)?.is_some())
 }
 
 /// The state dir for `stop`, `pid` and `restart`: the same chain walk as

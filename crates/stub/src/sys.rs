@@ -424,6 +424,26 @@ pub fn reap_any() -> Option<(i32, ChildExit)> {
     Some((pid, how))
 }
 
+/// Waits for the child `pid` to end, reaping it; how it ended.
+pub fn wait_exit(pid: i32) -> io::Result<ChildExit> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status to our local integer.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            return Ok(if libc::WIFSIGNALED(status) {
+                ChildExit::Signal(libc::WTERMSIG(status))
+            } else {
+                ChildExit::Code(libc::WEXITSTATUS(status))
+            });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Waits for the child `pid` to end, reaping it.
 pub fn wait_pid(pid: i32) {
     let mut status = 0;
@@ -468,6 +488,16 @@ pub fn map_own_executable(file: &File) -> io::Result<memmap2::Mmap> {
     // rewrite a file in place (cp, scp) fail with ETXTBSY while any copy of
     // it runs. Every offset read is first checked against the map's length
     // (bundle_format::layout::locate), so no read goes past the end.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Maps a staged copy of a bundle (`upgrade`), read-only.
+pub fn map_staged_copy(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private. The file is a copy that
+    // this process has just created under a name of its own, next to the
+    // bundle file (a directory the bundle's owner deploys to), and nothing
+    // writes it again: it is only ever renamed or removed. Every offset read
+    // is first checked against the map's length, so no read goes past the end.
     unsafe { memmap2::Mmap::map(file) }
 }
 
@@ -519,3 +549,241 @@ mod tests {
         assert_eq!(entries.len(), inherited_environment().count() + 1);
     }
 }
+
+/// Duplicates `fd` onto the lowest free descriptor at or above `min`,
+/// close-on-exec (the supervisor keeps its sockets and lock above the range
+/// a server child gets them in, so placing them from fd 3 overwrites none).
+pub fn dup_above(fd: &impl AsRawFd, min: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new
+    // descriptor that nothing else owns.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: `new` was just created and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// Blocks `signals` and returns a non-blocking signalfd that reports them,
+/// so that a poll loop handles them with no signal handler.
+pub fn signal_fd(signals: &[i32]) -> io::Result<File> {
+    // SAFETY: sigemptyset/sigaddset write to our local set; sigprocmask and
+    // signalfd read it; the new descriptor is owned by nobody else.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        cvt(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
+        Ok(File::from_raw_fd(fd))
+    }
+}
+
+/// Reads one signal number from a [`signal_fd`] (`None` if none is pending).
+pub fn read_signal(fd: &File) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
+    unsafe {
+        let mut info = std::mem::zeroed::<libc::signalfd_siginfo>();
+        let size = size_of::<libc::signalfd_siginfo>();
+        let n = libc::read(fd.as_raw_fd(), (&raw mut info).cast::<libc::c_void>(), size);
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+}
+
+/// Waits up to `timeout_ms` (-1: forever) until one of `fds` is readable;
+/// bit `i` of the result is set when `fds[i]` is.
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> u32 {
+    let mut polled = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 4];
+    for (slot, &fd) in polled.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
+    let count = fds.len().min(polled.len());
+    // SAFETY: `polled` holds `count` initialised pollfd entries.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), count as libc::nfds_t, timeout_ms) };
+    if n <= 0 {
+        return 0;
+    }
+    polled[..count]
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.revents != 0)
+        .fold(0, |bits, (i, _)| bits | 1 << i)
+}
+
+/// The uid of the process at the other end of a unix socket (`SO_PEERCRED`).
+pub fn peer_uid(socket: &impl AsRawFd) -> io::Result<u32> {
+    // SAFETY: getsockopt writes at most `len` bytes into our local ucred.
+    unsafe {
+        let mut cred = std::mem::zeroed::<libc::ucred>();
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        cvt(libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &mut len,
+        ))?;
+        Ok(cred.uid)
+    }
+}
+
+/// Reaps the child `pid` if it has ended, without waiting.
+pub fn reap_now(pid: i32) -> Option<ChildExit> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status to our local integer.
+    let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if ret != pid {
+        return None;
+    }
+    Some(if libc::WIFSIGNALED(status) {
+        ChildExit::Signal(libc::WTERMSIG(status))
+    } else {
+        ChildExit::Code(libc::WEXITSTATUS(status))
+    })
+}
+
+/// A server child's command line and environment, built before the fork
+/// so that the child allocates nothing: its `LISTEN_PID=` entry has room
+/// for the pid, which only the child knows, and it writes the digits there.
+#[derive(Debug)]
+pub struct ServerSpawn {
+    path: CString,
+    argv: Vec<CString>,
+    /// Our own `NAME=value\0` entries; `LISTEN_PID=` last when `listen_pid`.
+    extra: Vec<Vec<u8>>,
+    listen_pid: bool,
+}
+
+/// Room for a pid's digits in `LISTEN_PID=` (pids are below 2^22).
+const PID_DIGITS: usize = 10;
+
+/// The variables of the socket-activation and notify protocols, which a
+/// child gets from [`ServerSpawn`] only.
+const PROTOCOL_VARS: [&[u8]; 4] = [
+    b"LISTEN_FDS",
+    b"LISTEN_PID",
+    b"LISTEN_FDNAMES",
+    b"NOTIFY_SOCKET",
+];
+
+impl ServerSpawn {
+    /// `path args...` with this process's environment minus the variables
+    /// of the socket-activation and notify protocols, plus `extra`
+    /// (`NAME=value`), plus `LISTEN_FDS=sockets` and `LISTEN_PID` when
+    /// `sockets` > 0.
+    pub fn new(
+        path: &Path,
+        args: &[&OsStr],
+        extra: &[String],
+        sockets: usize,
+    ) -> io::Result<ServerSpawn> {
+        let argv = args
+            .iter()
+            .map(|a| cstring(Path::new(a)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut own: Vec<Vec<u8>> = extra
+            .iter()
+            .map(|e| format!("{e}\0").into_bytes())
+            .collect();
+        if sockets > 0 {
+            own.push(format!("LISTEN_FDS={sockets}\0").into_bytes());
+            own.push([&b"LISTEN_PID="[..], &[0u8; PID_DIGITS + 1]].concat());
+        }
+        Ok(ServerSpawn {
+            path: cstring(path)?,
+            argv,
+            extra: own,
+            listen_pid: sockets > 0,
+        })
+    }
+
+    /// Forks a child that gets `sockets` as fds 3, 4, ..., keeps `lock`
+    /// open across exec, is sent SIGTERM if this process dies
+    /// (`PR_SET_PDEATHSIG`), and execs. Returns the child's pid.
+    pub fn spawn(&mut self, sockets: &[RawFd], lock: Option<RawFd>) -> io::Result<i32> {
+        let argv: Vec<*const libc::c_char> = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let mut envp: Vec<*const libc::c_char> = inherited_environment()
+            .filter(|entry| !PROTOCOL_VARS.contains(&env_name(entry.to_bytes())))
+            .map(CStr::as_ptr)
+            .collect();
+        envp.extend(self.extra.iter().map(|e| e.as_ptr().cast::<libc::c_char>()));
+        envp.push(std::ptr::null());
+        let listen_pid = match self.listen_pid {
+            true => self
+                .extra
+                .last_mut()
+                .map(|e| e.as_mut_ptr().cast::<libc::c_char>()),
+            false => None,
+        };
+        let parent = getpid();
+        // SAFETY: after fork the child calls only async-signal-safe functions
+        // (sigprocmask, signal, prctl, getppid, dup2, fcntl, getpid, execve,
+        // _exit) and writes only into memory prepared above (its private
+        // copy: the LISTEN_PID digits); it allocates nothing.
+        unsafe {
+            let pid = cvt(libc::fork())?;
+            if pid != 0 {
+                return Ok(pid);
+            }
+            let mut none = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            for (i, &fd) in sockets.iter().enumerate() {
+                // The supervisor's copies sit at fd 64 and above, so no
+                // target here is one of them; dup2 clears close-on-exec.
+                if libc::dup2(fd, FIRST_LISTEN_FD + i as RawFd) == -1 {
+                    libc::_exit(126);
+                }
+            }
+            if let Some(lock) = lock {
+                let flags = libc::fcntl(lock, libc::F_GETFD);
+                libc::fcntl(lock, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+            if let Some(slot) = listen_pid {
+                // Digits of our pid, written after "LISTEN_PID=".
+                let mut pid = libc::getpid() as u32;
+                let mut digits = [0u8; PID_DIGITS];
+                let mut n = 0;
+                loop {
+                    digits[n] = b'0' + (pid % 10) as u8;
+                    n += 1;
+                    pid /= 10;
+                    if pid == 0 || n == PID_DIGITS {
+                        break;
+                    }
+                }
+                let value = slot.add(b"LISTEN_PID=".len());
+                for i in 0..n {
+                    *value.add(i) = digits[n - 1 - i] as libc::c_char;
+                }
+                *value.add(n) = 0;
+            }
+            libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+}
+
+/// Where inherited sockets start (systemd's `SD_LISTEN_FDS_START`).
+pub const FIRST_LISTEN_FD: RawFd = 3;

@@ -84,3 +84,28 @@ pub fn describe(bundle: &Bundle<'_>) -> Result<&'static str> {
         "a signature this stub cannot check"
     })
 }
+
+/// The signature rule of `upgrade`, `rollback` and `restart`: a signed
+/// running bundle hands over only to a file signed by the same key (exit
+/// 26; 27 for a signature that does not match); an unsigned one to any
+/// verified file.
+#[cfg(feature = "signatures")]
+pub fn require_same_signer(running: &Bundle<'_>, new: &Bundle<'_>) -> Result<()> {
+    running.require_same_signer(new)?;
+    Ok(())
+}
+
+/// The signature rule of `upgrade` from a stub that cannot check
+/// signatures: its bundles are unsigned, so any verified file will do;
+/// a signature block here was not made by `sydney-pack` and is refused.
+#[cfg(not(feature = "signatures"))]
+pub fn require_same_signer(running: &Bundle<'_>, _new: &Bundle<'_>) -> Result<()> {
+    if running.layout().trailer.signature_len == 0 {
+        Ok(())
+    } else {
+        Err(coded(
+            Exit::Untrusted,
+            "the running bundle's stub cannot check its signature; repack it with sydney-pack --sign",
+        ))
+    }
+}

@@ -195,6 +195,11 @@ pub struct PackArgs {
     /// repeatable [mix release: RELEASE_TMP=${BUNDLE_STATE_DIR}/tmp]
     #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// A listening socket the bundle's `daemon` supervisor holds and hands to
+    /// the server (systemd protocol), for zero-downtime `upgrade`:
+    /// tcp:[ADDRESS:]PORT, PORT may be $PORT; repeatable
+    #[arg(long, value_name = "SOCKET")]
+    pub listen: Vec<String>,
     /// Cache root baked into the bundle, tried after SYDNEY_BUNDLE_DIR
     /// (absolute path)
     #[arg(long, value_name = "DIR")]

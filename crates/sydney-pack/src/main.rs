@@ -244,6 +244,7 @@ fn request(args: &PackArgs) -> Result<Request, Error> {
         },
         env: args.env.clone(),
         cache_dir: args.cache_dir.clone(),
+        listen: args.listen.clone(),
         mtime: source_date_epoch()?,
         portable: args.portable.then(|| PortableOptions {
             shell: args.shell.clone(),

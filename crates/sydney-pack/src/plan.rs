@@ -36,6 +36,9 @@ pub struct Request {
     pub env: Vec<(String, String)>,
     /// `--cache-dir`: a default cache root baked into the bundle.
     pub cache_dir: Option<String>,
+    /// `--listen` (repeatable): sockets the bundle's supervisor holds and
+    /// hands to the server, e.g. `tcp:8080` (manifest build key `listen`).
+    pub listen: Vec<String>,
     /// Modification time for every payload entry (`SOURCE_DATE_EPOCH`).
     pub mtime: u64,
     /// `--portable` (with `--shell`): carry the loader, libraries and shell
@@ -259,7 +262,7 @@ pub fn plan(dir: &Path, request: &Request) -> Result<Plan> {
             needs_tree,
             default_cache_dir: request.cache_dir.clone(),
             mtime: request.mtime,
-            build: vec![("packer".to_owned(), crate::PACKER.to_owned())],
+            build: build_facts(&request.listen)?,
             env,
             portable: request.portable.clone(),
         },
@@ -267,6 +270,28 @@ pub fn plan(dir: &Path, request: &Request) -> Result<Plan> {
         mix,
         arch,
     })
+}
+
+/// The manifest's build facts: the packer, and `listen` if declared
+/// (comma-separated `tcp:[ADDRESS:]PORT`; read by the stub's supervisor).
+fn build_facts(listen: &[String]) -> Result<Vec<(String, String)>> {
+    let mut build = Vec::new();
+    if !listen.is_empty() {
+        for socket in listen {
+            let port = socket
+                .strip_prefix("tcp:")
+                .map(|address| address.rsplit_once(':').map_or(address, |(_, port)| port));
+            if !port.is_some_and(|port| port == "$PORT" || port.parse::<u16>().is_ok()) {
+                return Err(Error::Option(format!(
+                    "--listen {socket:?}: expected tcp:[ADDRESS:]PORT, e.g. tcp:8080 or \
+                     tcp:127.0.0.1:$PORT"
+                )));
+            }
+        }
+        build.push(("listen".to_owned(), listen.join(",")));
+    }
+    build.push(("packer".to_owned(), crate::PACKER.to_owned()));
+    Ok(build)
 }
 
 /// Parses `NAME=VALUE` (for `--env`).
@@ -350,6 +375,7 @@ mod tests {
             needs_tree: Some(false),
             env: vec![("RELEASE_TMP".into(), "/run/shop".into())],
             cache_dir: None,
+            listen: vec!["tcp:127.0.0.1:$PORT".into()],
             mtime: 0,
             portable: Some(PortableOptions {
                 shell: Some("/opt/busybox".into()),
@@ -370,6 +396,17 @@ mod tests {
         assert_eq!((o.codec, o.level), (Codec::Zstd, 3));
         assert_eq!(o.env, [("RELEASE_TMP".to_owned(), "/run/shop".to_owned())]);
         assert_eq!(plan.arch, Arch::Aarch64);
+        assert_eq!(o.build[0], ("listen".into(), "tcp:127.0.0.1:$PORT".into()));
+    }
+
+    #[test]
+    fn listen_sockets_are_checked() {
+        assert!(build_facts(&["tcp:8080".into()]).is_ok());
+        assert!(build_facts(&["tcp:[::1]:$PORT".into()]).is_ok());
+        for bad in ["8080", "udp:53", "tcp:", "tcp:host:http"] {
+            let err = build_facts(&[bad.into()]).unwrap_err().to_string();
+            assert!(err.contains("expected tcp:[ADDRESS:]PORT"), "{bad}: {err}");
+        }
     }
 
     /// The promise of the README and `--help`: above 64 MiB of files, zstd

@@ -11,6 +11,7 @@ mod activation;
 mod cli;
 mod config;
 mod log;
+mod notify;
 mod server;
 
 use std::io::{self, Write};
@@ -73,6 +74,8 @@ fn try_main() -> Result<(), Error> {
         }
         Command::Run(args) => args,
     };
+    // Read before take_activation_env unsets it with the others.
+    let notify_socket = notify::from_env(|name| std::env::var_os(name));
     let activation = take_activation_env()?;
     let inherited = match &activation {
         Activation::Sockets(sockets) => Some(activation::adopt(sockets)?),
@@ -92,7 +95,7 @@ fn try_main() -> Result<(), Error> {
         // What sd_listen_fds does: the sockets are not ours; bind as configured.
         debug!("ignoring LISTEN_FDS: LISTEN_PID {listen_pid} is another process");
     }
-    serve(&config, &activation, inherited)
+    serve(&config, &activation, inherited, notify_socket)
 }
 
 /// Reads the systemd socket-activation variables and unsets them, so that
@@ -102,7 +105,7 @@ fn try_main() -> Result<(), Error> {
 /// else is opened: the descriptors from 3 on are then still the ones passed.
 fn take_activation_env() -> Result<Activation, Error> {
     let activation = activation::from_env(|name| std::env::var_os(name), std::process::id());
-    for name in activation::VARS {
+    for name in activation::VARS.iter().chain(&[notify::VAR]) {
         // SAFETY: no other thread exists yet (the tokio runtime is built
         // later, in `serve`), so nothing can read the environment while it
         // changes.
@@ -117,6 +120,7 @@ fn serve(
     config: &Config,
     activation: &Activation,
     inherited: Option<Vec<std::net::TcpListener>>,
+    notify_socket: Option<std::ffi::OsString>,
 ) -> Result<(), Error> {
     // One thread: on the target machines (2 cores, with the load generator
     // or the proxy on the other) it beat a multi-threaded runtime
@@ -137,6 +141,17 @@ fn serve(
             Some(inherited) => adopt_listeners(activation, inherited)?,
             None => vec![bind(SocketAddr::new(config.bind, config.port)).await?],
         };
+
+        if let Some(socket) = &notify_socket {
+            // The listeners accept from here on: tell the supervisor.
+            if let Err(err) = notify::ready(socket) {
+                warn!(
+                    "cannot send READY=1 to {}={}: {err}",
+                    notify::VAR,
+                    socket.display()
+                );
+            }
+        }
 
         let limits = Limits {
             header_read_timeout: config.header_read_timeout,

@@ -22,8 +22,12 @@
 //! So each socket is wrapped in [`Tracked`], which records whether bytes
 //! were read since the last response was written. On shutdown a connection
 //! with such unanswered bytes is not shut down through hyper: its next
-//! response carries `connection: close` and hyper closes after it. Only a
-//! connection with nothing unanswered gets `graceful_shutdown`. Before
+//! response carries `connection: close` and hyper closes after it. A
+//! connection with nothing unanswered is given [`IDLE_GRACE`] for its next
+//! request (a busy keep-alive client has one on the way, and closing would
+//! lose it: during an upgrade, every such close is a failed request), which
+//! is answered with `connection: close`; only if none comes does it get
+//! `graceful_shutdown`. Before
 //! deciding, each connection gets one more turn of the I/O driver, so bytes
 //! that reached the kernel together with the signal are read first.
 //!
@@ -245,15 +249,38 @@ async fn serve_connection(
                         state.closing.store(true, Ordering::Relaxed);
                         debug!("shutdown: {peer}: answering the request part-way in, then closing");
                     } else {
-                        // Idle: closes now. Busy: hyper finishes, then closes.
-                        conn.as_mut().graceful_shutdown();
-                        debug!("shutdown: {peer}: closing after the request in progress, if any");
+                        // Idle between requests: a keep-alive client may
+                        // have its next request on the way, and closing now
+                        // would lose it. Answer it with `connection: close`
+                        // if it comes within the grace; then close.
+                        state.closing.store(true, Ordering::Relaxed);
+                        debug!("shutdown: {peer}: idle; its next request, if it comes soon, is answered, then it closes");
+                        let grace = tokio::time::sleep(IDLE_GRACE);
+                        tokio::select! {
+                            biased;
+                            result = conn.as_mut() => return finished(result),
+                            () = grace => {}
+                        }
+                        if !state.unanswered.load(Ordering::Relaxed) {
+                            // Still idle: closes now. Busy: hyper finishes,
+                            // then closes.
+                            conn.as_mut().graceful_shutdown();
+                            debug!("shutdown: {peer}: closing after the request in progress, if any");
+                        }
                     }
                     conn.await
                 }
             }
         }
     };
+    finished(result);
+}
+
+/// How long shutdown waits for the next request of an idle keep-alive
+/// connection before closing it (docs/decisions/0091-idle-keep-alive-grace.md).
+const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+fn finished(result: hyper::Result<()>) {
     if let Err(err) = result {
         // Resets, timeouts and malformed requests are the client's business;
         // hyper has already answered what deserved an answer (400, 431).

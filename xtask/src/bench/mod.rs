@@ -8,6 +8,8 @@
 //! - size (`size.rs`);
 //! - large payloads (`large.rs`): packing and cold extraction vs GNU tar;
 //! - throughput (`server.rs`): wrk against sydney and nginx;
+//! - upgrades (`upgrade.rs`): wrk against a supervised instance while
+//!   `upgrade` alternates two versions, and across stop-then-start;
 //! - images and Swarm (`fleet.rs`): the image's size and write time, and
 //!   `docker service update` to all replicas healthy;
 //! - portable mix release (`portable.rs`): a real `mix release` built here
@@ -31,6 +33,7 @@ mod svg;
 mod synth;
 mod table;
 mod tools;
+mod upgrade;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -177,7 +180,7 @@ pub fn report_unmeasured(
 }
 
 /// Runs the benchmarks and writes the report.
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     let started = Instant::now();
     let plan = Plan::new(quick);
     let dir = util::target_dir().join("bench");
@@ -192,17 +195,30 @@ pub fn run(quick: bool) -> Result<()> {
     settle(&dir);
 
     type Step = fn(&Plan, &Artifacts) -> Result<Section>;
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("start-up", startup::run),
         ("size", |_, art| size::run(art)),
         ("large payloads", large::run),
         ("throughput", server::run),
+        ("upgrades", upgrade::run),
         ("images and swarm", fleet::run),
         ("portable mix release", portable::run),
     ];
+    if let Some(only) = only
+        && !steps.iter().any(|(name, _)| *name == only)
+    {
+        let names: Vec<&str> = steps.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "no bench section {only:?}; the sections are: {}",
+            names.join(", ")
+        );
+    }
     let mut sections = Vec::new();
     let mut timings = Vec::new();
     for (name, step) in steps {
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let section_start = Instant::now();
         let result = step(&plan, &art);
         let seconds = section_start.elapsed().as_secs_f64();

@@ -158,7 +158,7 @@ fn parse_wrk(out: &str) -> Option<Wrk> {
 }
 
 /// `812.00us`, `1.23ms`, `2.00s` or `1.00m` in milliseconds.
-fn duration_ms(text: &str) -> Option<f64> {
+pub fn duration_ms(text: &str) -> Option<f64> {
     let split = text.find(|c: char| c.is_ascii_alphabetic())?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().ok()?;

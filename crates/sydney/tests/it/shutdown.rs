@@ -92,6 +92,26 @@ fn second_request_part_way_in_on_a_keep_alive_connection_is_answered() {
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.stderr());
 }
 
+/// A keep-alive client between two requests at the signal: its next
+/// request, sent within the grace, is answered (`connection: close`), not
+/// met by a closed socket (docs/decisions/0091-idle-keep-alive-grace.md).
+#[test]
+fn next_request_of_an_idle_keep_alive_connection_is_answered() {
+    let mut server = Sydney::loopback().args(["--log-level", "debug"]).spawn();
+    let mut conn = server.connect();
+    conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(conn.response(false).map(|r| r.status), Ok(200));
+    server.signal(libc::SIGTERM);
+    server.wait_for_line("idle; its next request");
+    conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = conn.response(false).unwrap_or_else(|err| server.fail(&err));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(conn.is_closed());
+    let status = server.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.stderr());
+}
+
 /// The worst case of that race, made deterministic: the server is stopped
 /// (SIGSTOP) while a client connects and sends a whole request and SIGTERM
 /// arrives, so on resuming it finds the connection still in the listen
