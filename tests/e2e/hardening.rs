@@ -50,12 +50,27 @@ impl OtherUser {
     }
 
     /// `sh -c script` as this user.
+    /// Runs `script` with `sh` as this user. The shell execs what the
+    /// script names, so "text file busy" (a file written just now, its
+    /// descriptor still held by another test thread's child between fork
+    /// and exec; see `process::spawn`) reaches us as the shell's 126: tried
+    /// again, as `spawn` does.
     fn sh(&self, script: &str) -> Ran {
         require_program("setpriv", "util-linux");
-        run(Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.uid))
-            .args(["--clear-groups", "sh", "-c", script]))
+        let mut tries = 0;
+        loop {
+            let ran = run(Command::new("setpriv")
+                .arg(format!("--reuid={}", self.uid))
+                .arg(format!("--regid={}", self.uid))
+                .args(["--clear-groups", "sh", "-c", script]));
+            let busy =
+                ran.output.status.code() == Some(126) && ran.stderr().contains("Text file busy");
+            if !busy || tries == 100 {
+                return ran;
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

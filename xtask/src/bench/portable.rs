@@ -23,7 +23,7 @@ use bundle_format::{Bundle, Codec};
 
 use super::json::Json;
 use super::startup::{self, Reset, Variant};
-use super::svg::{Bar, Panel};
+use super::svg::Panel;
 use super::table::{self, Table};
 use super::{Artifacts, Plan, Section, mixrel, proc, tools};
 use crate::util::{self, command};
@@ -576,31 +576,16 @@ fn report(plan: &Plan, m: &Measured) -> Section {
         }
         let median = variant.median();
         let (low, high) = (table::min(&variant.runs), table::max(&variant.runs));
-        let vs_direct = direct.map_or(f64::NAN, |d| median / d);
+        let direct = direct.unwrap_or(f64::NAN);
         startup.row(vec![
             variant.name.into(),
             table::ms(median),
             table::ms(low),
             table::ms(high),
-            table::ratio(vs_direct),
+            table::ratio(median / direct),
         ]);
-        bars.push(Bar {
-            label: variant.name.into(),
-            value: median,
-            range: Some((low, high)),
-            text: format!("{} ms ({})", table::ms(median), table::ratio(vs_direct)),
-            ours: variant.ours,
-        });
-        rows.push(Json::obj([
-            ("variant", Json::from(variant.name)),
-            ("command", Json::from(variant.describe())),
-            ("median_ms", Json::from(median)),
-            ("min_ms", Json::from(low)),
-            ("max_ms", Json::from(high)),
-            ("ratio_to_direct", Json::from(vs_direct)),
-            ("retries", Json::from(variant.retries)),
-            ("runs_ms", Json::nums(&variant.runs)),
-        ]));
+        bars.push(variant.bar(direct));
+        rows.push(variant.json(direct, Json::Null));
     }
     startup.note(format!(
         "The start-up section's runner: {} timed rounds after one warm-up round, interleaved \

@@ -130,6 +130,40 @@ impl Variant {
         table::median(&self.runs)
     }
 
+    /// The chart bar of a measured variant: median, whiskers min to max,
+    /// labelled with the median and its ratio to `direct` (a median).
+    pub fn bar(&self, direct: f64) -> Bar {
+        let median = self.median();
+        Bar {
+            label: self.name.into(),
+            value: median,
+            range: Some((table::min(&self.runs), table::max(&self.runs))),
+            text: format!(
+                "{} ms ({})",
+                table::ms(median),
+                table::ratio(median / direct)
+            ),
+            ours: self.ours,
+        }
+    }
+
+    /// The JSON record of a measured variant, with `goal` (or null) and its
+    /// runs; `direct` is the median its ratio is read against.
+    pub fn json(&self, direct: f64, goal: Json) -> Json {
+        let median = self.median();
+        Json::obj([
+            ("variant", Json::from(self.name)),
+            ("command", Json::from(self.describe())),
+            ("median_ms", Json::from(median)),
+            ("min_ms", Json::from(table::min(&self.runs))),
+            ("max_ms", Json::from(table::max(&self.runs))),
+            ("ratio_to_direct", Json::from(median / direct)),
+            ("goal", goal),
+            ("retries", Json::from(self.retries)),
+            ("runs_ms", Json::nums(&self.runs)),
+        ])
+    }
+
     pub fn describe(&self) -> String {
         let mut line = self
             .env
@@ -423,33 +457,17 @@ fn report(plan: &Plan, variants: &[Variant]) -> Section {
             goal_text.clone(),
             result,
         ]);
-        bars.push(Bar {
-            label: variant.name.into(),
-            value: median,
-            range: Some((low, high)),
-            text: format!("{} ms ({})", table::ms(median), table::ratio(vs_direct)),
-            ours: variant.ours,
-        });
-        rows.push(Json::obj([
-            ("variant", Json::from(variant.name)),
-            ("command", Json::from(variant.describe())),
-            ("median_ms", Json::from(median)),
-            ("min_ms", Json::from(low)),
-            ("max_ms", Json::from(high)),
-            ("ratio_to_direct", Json::from(vs_direct)),
-            (
-                "goal",
-                goal.map_or(Json::Null, |(text, ratio, limit)| {
-                    Json::obj([
-                        ("text", Json::from(text)),
-                        ("ratio", Json::from(ratio)),
-                        ("met", Json::from(ratio <= limit)),
-                    ])
-                }),
-            ),
-            ("retries", Json::from(variant.retries)),
-            ("runs_ms", Json::nums(&variant.runs)),
-        ]));
+        bars.push(variant.bar(direct));
+        rows.push(variant.json(
+            direct,
+            goal.map_or(Json::Null, |(text, ratio, limit)| {
+                Json::obj([
+                    ("text", Json::from(text)),
+                    ("ratio", Json::from(ratio)),
+                    ("met", Json::from(ratio <= limit)),
+                ])
+            }),
+        ));
     }
     table.note(format!(
         "{} timed rounds after one warm-up round, interleaved round-robin: one run of \
