@@ -41,6 +41,8 @@ pub struct ElfFacts {
     pub glibc: Option<GlibcVersion>,
     /// Not a 64-bit little-endian ELF (cannot run on x86_64 as is).
     pub foreign: bool,
+    /// The ELF machine (`e_machine`), if the header has one.
+    pub machine: Option<u16>,
 }
 
 impl ElfFacts {
@@ -117,7 +119,10 @@ pub fn elf_facts(bytes: &[u8]) -> Option<ElfFacts> {
             ..ElfFacts::default()
         });
     };
-    let mut facts = ElfFacts::default();
+    let mut facts = ElfFacts {
+        machine: crate::elf::machine(bytes),
+        ..ElfFacts::default()
+    };
     let Ok(endian) = header.endian() else {
         facts.foreign = true;
         return Some(facts);
@@ -237,6 +242,36 @@ impl Report {
             Needs::Elf(f) => Some((p, f)),
             Needs::Script { .. } => None,
         })
+    }
+
+    /// The line naming the architecture of the payload's ELF files (each
+    /// machine with the first file built for it), `None` without ELF files.
+    pub fn architecture_line(&self) -> Option<String> {
+        let mut machines: Vec<(u16, &str)> = Vec::new();
+        for (path, facts) in self.elves() {
+            if let Some(machine) = facts.machine
+                && !machines.iter().any(|(known, _)| *known == machine)
+            {
+                machines.push((machine, path));
+            }
+        }
+        match &machines[..] {
+            [] => None,
+            [(machine, _)] => Some(format!(
+                "architecture: {}",
+                crate::elf::machine_name(*machine)
+            )),
+            several => Some(format!(
+                "architectures: {} (a bundle runs on one; pack them separately)",
+                several
+                    .iter()
+                    .map(|(machine, file)| {
+                        format!("{file} is {}", crate::elf::machine_name(*machine))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     /// `#!` interpreters and the scripts that use them.
@@ -401,6 +436,9 @@ impl Report {
             }
         }
         out.push('\n');
+        if let Some(line) = self.architecture_line() {
+            let _ = writeln!(out, "{line}");
+        }
         if let Some(carried) = &self.portable {
             let _ = writeln!(out, "{PORTABLE_RUNS_ON}");
             let _ = writeln!(
@@ -498,6 +536,28 @@ fn join(items: &mut BTreeSet<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_architecture_is_named_by_the_first_file_of_each_machine() {
+        let elf = |machine| {
+            Needs::Elf(ElfFacts {
+                machine: Some(machine),
+                ..ElfFacts::default()
+            })
+        };
+        let mut report = Report::default();
+        assert_eq!(report.architecture_line(), None);
+        report.files.insert("bin/a".into(), elf(183));
+        report.files.insert("lib/b.so".into(), elf(183));
+        assert_eq!(
+            report.architecture_line().as_deref(),
+            Some("architecture: aarch64")
+        );
+        report.files.insert("bin/c".into(), elf(62));
+        let line = report.architecture_line().unwrap();
+        assert!(line.contains("bin/a is aarch64, bin/c is x86_64"), "{line}");
+        assert!(report.render().contains(&line));
+    }
 
     #[test]
     fn glibc_versions_parse_and_order() {

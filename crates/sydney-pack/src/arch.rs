@@ -37,24 +37,6 @@ pub fn of_folder(entries: &[SourceEntry]) -> Result<Option<(Arch, String)>> {
     }
 }
 
-/// The doctor's line on the architectures of the ELF files among
-/// `entries`, `None` if there is none.
-pub fn doctor_line(entries: &[SourceEntry]) -> Option<String> {
-    let machines = machines(entries);
-    match &machines[..] {
-        [] => None,
-        [(machine, _)] => Some(format!("architecture: {}", elf::machine_name(*machine))),
-        several => Some(format!(
-            "architectures: {} (a bundle runs on one; pack them separately)",
-            several
-                .iter()
-                .map(|(machine, file)| format!("{file} is {}", elf::machine_name(*machine)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
 /// Each ELF `e_machine` among `entries` with the first file that has it,
 /// in the folder's (sorted) order.
 fn machines(entries: &[SourceEntry]) -> Vec<(u16, String)> {
@@ -136,10 +118,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(riscv.contains("bin/r is riscv"), "{riscv}");
-        assert_eq!(
-            doctor_line(&[elf_file("bin/a", 183)]).unwrap(),
-            "architecture: aarch64"
-        );
-        assert_eq!(doctor_line(&[]), None);
     }
 }

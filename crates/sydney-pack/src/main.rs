@@ -77,16 +77,9 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Usage as u8);
         }
         None => pack(cli.pack),
-        Some(Command::Doctor { dir }) => sydney_pack::doctor(&dir).and_then(|report| {
-            let entries = bundle_format::pack::scan(&dir).map_err(Error::Input)?;
-            print!("{}", report.render());
-            // The stub's own `inspect --doctor` leaves this out: a stub that
-            // runs is already on its payload's architecture.
-            if let Some(line) = sydney_pack::arch::doctor_line(&entries) {
-                println!("{line}");
-            }
-            Ok(())
-        }),
+        Some(Command::Doctor { dir }) => {
+            sydney_pack::doctor(&dir).map(|report| print!("{}", report.render()))
+        }
         Some(Command::Inspect { file, files }) => {
             sydney_pack::inspect::inspect(&file, files).map(|text| print!("{text}"))
         }
