@@ -557,3 +557,116 @@ fn without_declared_sockets_upgrade_says_it_stops_then_starts() {
         "staged copies left"
     );
 }
+
+/// The arguments the process `pid` runs with.
+fn cmdline(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+#[test]
+fn restart_with_arguments_hands_over_to_them_and_keeps_them() {
+    let instance = Instance::start();
+    let first = instance.pid();
+    assert!(
+        !cmdline(first).iter().any(|arg| arg == "--shutdown-timeout"),
+        "{:?}",
+        cmdline(first)
+    );
+
+    // Arguments the server refuses: it exits before it is ready, the
+    // running one keeps serving with its own arguments.
+    let ran = run(&mut instance.cmd(&["restart", "--", "--no-such-flag"]));
+    ran.expect_code(29)
+        .expect_stderr("exited with status 2 before it was ready")
+        .expect_stderr("the running server keeps serving");
+    ran.expect_one_line_error();
+    assert_eq!(instance.pid(), first);
+    assert_eq!(instance.get_ok(), 200);
+
+    // New arguments: the new server runs with them ...
+    let ran = run(&mut instance.cmd(&["restart", "--", "--shutdown-timeout", "7"]));
+    ran.expect_success().expect_stdout("restarted sydney");
+    let second = instance.pid();
+    assert_ne!(second, first);
+    assert!(!alive(first));
+    let args = cmdline(second);
+    assert!(
+        args.windows(2).any(|w| w == ["--shutdown-timeout", "7"]),
+        "{args:?}"
+    );
+    assert_eq!(instance.get_ok(), 200);
+    // ... and a plain restart (or upgrade) keeps them.
+    run(&mut instance.cmd(&["restart"])).expect_success();
+    let third = instance.pid();
+    assert_ne!(third, second);
+    let args = cmdline(third);
+    assert!(
+        args.windows(2).any(|w| w == ["--shutdown-timeout", "7"]),
+        "{args:?}"
+    );
+    assert_eq!(instance.get_ok(), 200);
+}
+
+#[test]
+fn stop_during_an_upgrade_waits_for_it_then_stops_everything() {
+    let instance = Instance::start();
+    let before = fs::read(&instance.app).unwrap();
+    let old = instance.pid();
+    let supervisor = instance.supervisor();
+    // `sleep 29`: no other test runs it, so a leftover is this test's.
+    let slow = instance.script_bundle("7.0.0", "#!/bin/sh\nexec sleep 29\n");
+
+    let mut upgrade = instance.cmd(&["upgrade", "--timeout", "4", slow.to_str().unwrap()]);
+    let upgrade = spawn(
+        upgrade
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    let state = instance.state();
+    eventually(
+        Duration::from_secs(10),
+        "the upgrade starts its server",
+        || {
+            Sandbox::list(&state)
+                .iter()
+                .any(|name| name.starts_with("notify."))
+        },
+    );
+    // `stop` waits for the upgrade (which times out: exit 29, nothing
+    // replaced), then stops the server and the supervisor.
+    let ran = run_timeout(&mut instance.cmd(&["stop"]), Duration::from_secs(60));
+    ran.expect_success()
+        .expect_stdout(&format!("stopped sydney (pid {old})"));
+    let output = upgrade.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(29), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("did not report ready within 4s"),
+        "{output:?}"
+    );
+    assert!(!alive(old) && !alive(supervisor));
+    assert!(
+        TcpStream::connect(instance.addr()).is_err(),
+        "the port still accepts"
+    );
+    run(&mut instance.cmd(&["pid"])).expect_code(3);
+    assert_eq!(fs::read(&instance.app).unwrap(), before, "the file changed");
+    assert!(
+        instance.neighbours().is_empty(),
+        "{:?}",
+        instance.neighbours()
+    );
+    // No server of the upgrade is left either (its script runs `sleep`).
+    let orphans: Vec<String> = Sandbox::list(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|pid| pid.parse::<i32>().ok())
+        .filter(|&pid| alive(pid) && cmdline(pid) == ["sleep", "29"])
+        .map(|pid| format!("{pid}: {:?}", cmdline(pid)))
+        .collect();
+    assert!(orphans.is_empty(), "{orphans:?}");
+}
