@@ -670,3 +670,69 @@ fn stop_during_an_upgrade_waits_for_it_then_stops_everything() {
         .collect();
     assert!(orphans.is_empty(), "{orphans:?}");
 }
+
+/// The SO_REUSEPORT fallback (docs/UPGRADES.md): the supervisor holds no
+/// socket; each server binds the port itself with `--reuse-port`, and the
+/// old one is drained once the new one reported `READY=1`. Linux resets the
+/// connections still queued on the old listener when it closes, so this
+/// test reports what the load generator saw rather than promising zero.
+#[test]
+fn reuseport_upgrade_hands_the_port_over_without_a_held_socket() {
+    let sandbox = Sandbox::new();
+    let app = sandbox.join("app");
+    pack_sydney(&sandbox, "1.0.0", &app);
+    let instance = Instance {
+        sandbox,
+        app,
+        port: free_port(),
+        listen: "reuseport",
+    };
+    let port = instance.port.to_string();
+    let args = ["--bind", "127.0.0.1", "--port", &port, "--reuse-port"];
+    let mut daemon = vec!["daemon", "--"];
+    daemon.extend(args);
+    run(&mut instance.cmd(&daemon)).expect_success();
+    let old = instance.pid();
+    let supervisor = instance.supervisor();
+    assert_ne!(old, supervisor);
+    assert_eq!(
+        wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0,
+        200
+    );
+    // Precondition: the supervisor holds no listening socket.
+    let sockets = fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .filter_map(|fd| fs::read_link(fd.unwrap().path()).ok())
+        .filter(|link| link.to_string_lossy().starts_with("socket:"))
+        .count();
+    // Its only socket at rest is the control socket; a held TCP listener
+    // would make it two.
+    assert!(sockets <= 1, "the supervisor holds {sockets} sockets");
+
+    let v2 = instance.packed("2.0.0");
+    let load = Load::start(instance.addr(), 8);
+    wait_for_answers(&load, 200);
+    let ran = run(&mut instance.cmd(&["upgrade", v2.to_str().unwrap()]));
+    ran.expect_success()
+        .expect_stdout("upgraded sydney from 1.0.0 to 2.0.0");
+    wait_for_answers(&load, 200);
+    let (ok, failed, errors) = load.finish();
+    eprintln!("reuseport upgrade: {ok} answered, {failed} failed: {errors:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {errors:?}",
+        ok + failed
+    );
+    assert_eq!(instance.version(), "sydney 2.0.0");
+    let new = instance.pid();
+    assert_ne!(new, old);
+    assert!(!alive(old), "the old server {old} still runs");
+    assert_eq!(instance.supervisor(), supervisor);
+    let new_args = cmdline(new);
+    assert!(
+        new_args.iter().any(|arg| arg == "--reuse-port"),
+        "{new_args:?}"
+    );
+    assert_eq!(instance.get_ok(), 200);
+}
