@@ -316,3 +316,164 @@ fn a_stub_without_signature_checks_refuses_to_sign_or_to_run_under_trusted_keys(
         .expect_stdout("signed by: unsigned");
     assert_nothing_left(&sandbox, "plain stub");
 }
+
+/// A supervised `daemon` instance of a signed bundle at `app` in `sandbox`.
+struct SignedInstance<'a> {
+    sandbox: &'a Sandbox,
+    app: PathBuf,
+    port: u16,
+}
+
+impl SignedInstance<'_> {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut command = self.sandbox.command(&self.app);
+        command
+            .args(args)
+            .env("PORT", self.port.to_string())
+            .env("SYDNEY_BUNDLE_LISTEN", "tcp:127.0.0.1:$PORT");
+        command
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn pid(&self) -> String {
+        let ran = run(&mut self.cmd(&["pid"]));
+        ran.expect_success();
+        ran.stdout().trim().to_owned()
+    }
+
+    fn version(&self) -> String {
+        let ran = run(&mut self.cmd(&["version"]));
+        ran.expect_success();
+        ran.stdout().trim().to_owned()
+    }
+
+    /// `upgrade FILE` (or `rollback`) is refused with `code` and `message`
+    /// in one line; the old server still serves and no file changed.
+    fn refused(&self, args: &[&str], code: i32, message: &str) {
+        let before = (
+            fs::read(&self.app).unwrap(),
+            fs::read(self.sandbox.join("app.previous")).ok(),
+        );
+        let (pid, version) = (self.pid(), self.version());
+        let ran = run_timeout(&mut self.cmd(args), Duration::from_secs(60));
+        ran.expect_code(code)
+            .expect_one_line_error()
+            .expect_stderr(message);
+        assert_eq!(self.pid(), pid, "{args:?}: the server changed");
+        assert_eq!(self.version(), version, "{args:?}");
+        assert_eq!(http_get(self.addr(), "/").unwrap().0, 200, "{args:?}");
+        let after = (
+            fs::read(&self.app).unwrap(),
+            fs::read(self.sandbox.join("app.previous")).ok(),
+        );
+        assert!(before == after, "{args:?}: a file changed");
+        let staged: Vec<String> = Sandbox::list(self.sandbox.path())
+            .into_iter()
+            .filter(|name| name.starts_with(".app"))
+            .collect();
+        assert!(
+            staged.is_empty(),
+            "{args:?}: staged copies left: {staged:?}"
+        );
+    }
+}
+
+impl Drop for SignedInstance<'_> {
+    fn drop(&mut self) {
+        let _ = run(&mut self.cmd(&["stop", "--timeout", "2"]));
+    }
+}
+
+/// Replaces `target` by a copy of `source` with a rename: `target` may be a
+/// hard link to the file the supervisor runs (busy for writing).
+fn replace(sandbox: &Sandbox, source: &Path, target: &Path) {
+    let temp = sandbox.join("replacement.tmp");
+    fs::copy(source, &temp).unwrap();
+    fs::rename(&temp, target).unwrap();
+}
+
+#[test]
+fn a_signed_running_bundle_upgrades_and_rolls_back_only_to_its_signer() {
+    let sandbox = Sandbox::new();
+    let (secret, _) = keygen(&sandbox, "release.key");
+    let (stranger, _) = keygen(&sandbox, "stranger.key");
+    let v1 = pack(&sandbox, "1.0.0", Some(&secret));
+    let v2 = pack(&sandbox, "2.0.0", Some(&secret));
+    let unsigned = pack(&sandbox, "3.0.0", None);
+    let foreign = pack(&sandbox, "4.0.0", Some(&stranger));
+    let block = fs::read(&v2).unwrap().len() - TRAILER_LEN - SIGNATURE_LEN;
+    let bad_signature = tampered(&sandbox, &v2, "5.0.0", |bytes| bytes[block + 100] ^= 0x01);
+    // The genuine v1 signature block on v2: the signed statement (which
+    // names v2's payload digest) does not match.
+    let v1_block = fs::read(&v1).unwrap()[block..block + SIGNATURE_LEN].to_vec();
+    let swapped = tampered(&sandbox, &v2, "6.0.0", |bytes| {
+        let at = bytes.len() - TRAILER_LEN - SIGNATURE_LEN;
+        bytes[at..at + SIGNATURE_LEN].copy_from_slice(&v1_block);
+    });
+
+    let app = sandbox.join("app");
+    fs::copy(&v1, &app).unwrap();
+    let instance = SignedInstance {
+        sandbox: &sandbox,
+        app,
+        port: free_port(),
+    };
+    run_timeout(&mut instance.cmd(&["daemon"]), START).expect_success();
+    // Preconditions: supervised, signed, serving.
+    assert!(
+        sandbox.cache().join("state/sydney/supervisor").exists(),
+        "no supervisor runs"
+    );
+    run(&mut instance.cmd(&["verify"]))
+        .expect_success()
+        .expect_stdout("signed by: key ");
+    assert_eq!(instance.version(), "sydney 1.0.0");
+    assert_eq!(
+        wait_for_http(instance.addr(), "/", Duration::from_secs(5)).0,
+        200
+    );
+
+    let path = |file: &Path| file.to_str().unwrap().to_owned();
+    instance.refused(
+        &["upgrade", &path(&unsigned)],
+        26,
+        "the new one is unsigned",
+    );
+    instance.refused(
+        &["upgrade", &path(&foreign)],
+        26,
+        "an upgrade must be signed by the same key",
+    );
+    instance.refused(&["upgrade", &path(&bad_signature)], 27, "bad signature");
+    instance.refused(&["upgrade", &path(&swapped)], 27, "bad signature");
+
+    // The same key: accepted.
+    run_timeout(&mut instance.cmd(&["upgrade", &path(&v2)]), START)
+        .expect_success()
+        .expect_stdout("upgraded sydney from 1.0.0 to 2.0.0");
+    assert_eq!(instance.version(), "sydney 2.0.0");
+    assert_eq!(fs::read(&instance.app).unwrap(), fs::read(&v2).unwrap());
+
+    // rollback follows the same rule: a previous file replaced by an
+    // unsigned or foreign one is refused, the genuine one accepted.
+    let previous = sandbox.join("app.previous");
+    assert_eq!(fs::read(&previous).unwrap(), fs::read(&v1).unwrap());
+
+    for (replacement, code, message) in [
+        (&unsigned, 26, "the new one is unsigned"),
+        (&foreign, 26, "an upgrade must be signed by the same key"),
+        (&bad_signature, 27, "bad signature"),
+    ] {
+        replace(&sandbox, replacement, &previous);
+        instance.refused(&["rollback"], code, message);
+    }
+    replace(&sandbox, &v1, &previous);
+    run_timeout(&mut instance.cmd(&["rollback"]), START)
+        .expect_success()
+        .expect_stdout("rolled back sydney from 2.0.0 to 1.0.0");
+    assert_eq!(instance.version(), "sydney 1.0.0");
+    assert_eq!(http_get(instance.addr(), "/").unwrap().0, 200);
+}

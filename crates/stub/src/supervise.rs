@@ -92,10 +92,16 @@ pub fn listen_spec(bundle: &Bundle<'_>) -> Option<String> {
 
 /// Binds every socket of `spec`: comma-separated `tcp:[ADDRESS:]PORT`,
 /// where PORT may be `$PORT` (the `PORT` variable, default 8080) and the
-/// address defaults to 0.0.0.0.
+/// address defaults to 0.0.0.0; `reuseport` binds nothing (the servers bind
+/// with SO_REUSEPORT).
 pub fn bind(spec: &str) -> Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
     for item in spec.split(',').map(str::trim) {
+        // The server binds the port itself with SO_REUSEPORT; the
+        // supervisor holds no socket (docs/UPGRADES.md).
+        if item == "reuseport" {
+            continue;
+        }
         let bad = |why: &str| {
             coded(
                 Exit::Usage,
@@ -611,6 +617,7 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        assert!(bind("reuseport").unwrap().is_empty());
         let listeners = bind("tcp:127.0.0.1:0, tcp:[::1]:0").unwrap();
         assert_eq!(listeners.len(), 2);
         assert!(listeners[1].local_addr().unwrap().is_ipv6());

@@ -197,7 +197,8 @@ pub struct PackArgs {
     pub env: Vec<(String, String)>,
     /// A listening socket the bundle's `daemon` supervisor holds and hands to
     /// the server (systemd protocol), for zero-downtime `upgrade`:
-    /// tcp:[ADDRESS:]PORT, PORT may be $PORT; repeatable
+    /// tcp:[ADDRESS:]PORT, PORT may be $PORT; repeatable. Or `reuseport`: no
+    /// socket is held, each server binds the port with SO_REUSEPORT
     #[arg(long, value_name = "SOCKET")]
     pub listen: Vec<String>,
     /// Cache root baked into the bundle, tried after SYDNEY_BUNDLE_DIR

@@ -273,18 +273,22 @@ pub fn plan(dir: &Path, request: &Request) -> Result<Plan> {
 }
 
 /// The manifest's build facts: the packer, and `listen` if declared
-/// (comma-separated `tcp:[ADDRESS:]PORT`; read by the stub's supervisor).
+/// (comma-separated `tcp:[ADDRESS:]PORT`, or `reuseport`; read by the stub's
+/// supervisor).
 fn build_facts(listen: &[String]) -> Result<Vec<(String, String)>> {
     let mut build = Vec::new();
     if !listen.is_empty() {
         for socket in listen {
+            if socket == "reuseport" {
+                continue;
+            }
             let port = socket
                 .strip_prefix("tcp:")
                 .map(|address| address.rsplit_once(':').map_or(address, |(_, port)| port));
             if !port.is_some_and(|port| port == "$PORT" || port.parse::<u16>().is_ok()) {
                 return Err(Error::Option(format!(
                     "--listen {socket:?}: expected tcp:[ADDRESS:]PORT, e.g. tcp:8080 or \
-                     tcp:127.0.0.1:$PORT"
+                     tcp:127.0.0.1:$PORT, or reuseport"
                 )));
             }
         }
@@ -403,6 +407,7 @@ mod tests {
     fn listen_sockets_are_checked() {
         assert!(build_facts(&["tcp:8080".into()]).is_ok());
         assert!(build_facts(&["tcp:[::1]:$PORT".into()]).is_ok());
+        assert!(build_facts(&["reuseport".into()]).is_ok());
         for bad in ["8080", "udp:53", "tcp:", "tcp:host:http"] {
             let err = build_facts(&[bad.into()]).unwrap_err().to_string();
             assert!(err.contains("expected tcp:[ADDRESS:]PORT"), "{bad}: {err}");

@@ -28,6 +28,10 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Settings given as flags; they override every other source.
     pub flags: Layer,
+    /// `--reuse-port`: bind with `SO_REUSEPORT`, so that a second server
+    /// (the next version, during an upgrade) can bind the same port while
+    /// this one still serves (docs/SERVER.md).
+    pub reuse_port: bool,
 }
 
 /// A command line that cannot be understood (exit code 2).
@@ -53,6 +57,9 @@ Options:
                            [default: 0.0.0.0]
   --port N                 TCP port, 0-65535; 0 picks a free one [env: PORT]
                            [default: 8080]
+  --reuse-port             Bind with SO_REUSEPORT: another server started
+                           with it may bind the same port (for upgrades
+                           without an inherited socket)
   --config PATH            TOML config file; without it, the server reads
                            $BUNDLE_ROOT/etc/sydney.toml if BUNDLE_ROOT is set
                            and that file exists
@@ -92,6 +99,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 out.config = Some(parser.value().map_err(syntax)?.into());
                 continue;
             }
+            Long("reuse-port") => {
+                out.reuse_port = true;
+                continue;
+            }
             Long("bind") => ("--bind", Setting::Bind),
             Long("port") => ("--port", Setting::Port),
             Long("log-level") => ("--log-level", Setting::LogLevel),
@@ -129,6 +140,7 @@ mod tests {
             "debug",
             "--shutdown-timeout",
             "3",
+            "--reuse-port",
         ])
         .unwrap();
         let Command::Run(args) = cmd else {
@@ -139,6 +151,7 @@ mod tests {
         assert_eq!(args.flags.bind, Some("::1".parse().unwrap()));
         assert_eq!(args.flags.log_level, Some(crate::log::Level::Debug));
         assert_eq!(args.flags.shutdown_timeout, Some(Duration::from_secs(3)));
+        assert!(args.reuse_port);
     }
 
     #[test]

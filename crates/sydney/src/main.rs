@@ -95,7 +95,13 @@ fn try_main() -> Result<(), Error> {
         // What sd_listen_fds does: the sockets are not ours; bind as configured.
         debug!("ignoring LISTEN_FDS: LISTEN_PID {listen_pid} is another process");
     }
-    serve(&config, &activation, inherited, notify_socket)
+    serve(
+        &config,
+        &activation,
+        inherited,
+        notify_socket,
+        args.reuse_port,
+    )
 }
 
 /// Reads the systemd socket-activation variables and unsets them, so that
@@ -121,6 +127,7 @@ fn serve(
     activation: &Activation,
     inherited: Option<Vec<std::net::TcpListener>>,
     notify_socket: Option<std::ffi::OsString>,
+    reuse_port: bool,
 ) -> Result<(), Error> {
     // One thread: on the target machines (2 cores, with the load generator
     // or the proxy on the other) it beat a multi-threaded runtime
@@ -139,7 +146,7 @@ fn serve(
             .map_err(|err| Error::Runtime(format!("cannot install signal handlers: {err}")))?;
         let listeners = match inherited {
             Some(inherited) => adopt_listeners(activation, inherited)?,
-            None => vec![bind(SocketAddr::new(config.bind, config.port)).await?],
+            None => vec![bind(SocketAddr::new(config.bind, config.port), reuse_port)?],
         };
 
         if let Some(socket) = &notify_socket {
@@ -214,16 +221,30 @@ impl Signals {
     }
 }
 
-/// Binds the configured address and announces it.
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| bind_error(addr, &err))?;
+/// Binds the configured address (with `SO_REUSEPORT` if asked) and
+/// announces it.
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, Error> {
+    let listener = bind_socket(addr, reuse_port).map_err(|err| bind_error(addr, &err))?;
     let local = listener
         .local_addr()
         .map_err(|err| bind_error(addr, &err))?;
     info!("listening on {local}");
     Ok(listener)
+}
+
+/// What `TcpListener::bind` does (`SO_REUSEADDR`, backlog 1024), plus
+/// `SO_REUSEPORT` when asked.
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Hands inherited listeners to tokio and announces each address (in the

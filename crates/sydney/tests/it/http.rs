@@ -219,3 +219,26 @@ fn wildcard_bind_reports_the_real_port() {
     assert_ne!(bound.port(), 0);
     assert_eq!(server.get("/").status, 200);
 }
+
+#[test]
+fn reuse_port_lets_a_second_server_bind_the_same_port() {
+    let first = Sydney::loopback().args(["--reuse-port"]).spawn();
+    let port = first.bound().port().to_string();
+    let args = ["--bind", "127.0.0.1", "--port", &port, "--reuse-port"];
+    // Precondition: without the flag, the port is taken (exit 1).
+    let refused = Sydney::new()
+        .args(["--bind", "127.0.0.1", "--port", &port])
+        .run();
+    assert_eq!(refused.code(), 1, "{refused}");
+
+    let mut second = Sydney::new().args(args).spawn();
+    assert_eq!(second.bound(), first.bound());
+    assert_eq!(second.get("/").status, 200);
+    // The second keeps serving the port once the first has gone.
+    drop(first);
+    for _ in 0..20 {
+        assert_eq!(second.get("/").status, 200);
+    }
+    second.signal(libc::SIGTERM);
+    assert!(second.wait(Duration::from_secs(10)).success());
+}
