@@ -22,7 +22,13 @@ fn image() -> &'static str {
         let tag = format!("sydney-e2e:{}", std::process::id());
         run_timeout(
             Command::new("docker")
-                .args(["build", "-q", "-f", "Dockerfile.scratch", "-t", &tag, "."])
+                // --no-cache: image.rs builds the same Dockerfile at the same
+                // time and removes its image after; with the legacy
+                // builder's cache the two would share intermediate images,
+                // and that removal made this build fail ("unable to find
+                // image sha256:...").
+                .args(["build", "--no-cache", "-q", "-f", "Dockerfile.scratch"])
+                .args(["-t", &tag, "."])
                 .current_dir(root()),
             Duration::from_secs(300),
         )

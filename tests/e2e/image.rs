@@ -244,8 +244,12 @@ fn writer_and_dockerfile_scratch_give_equivalent_images() {
         LoadedImage::write_and_load(&artifacts().bundle, &written, sandbox.path(), |_| {});
     let built = format!("{}:built", unique("equiv"));
     let dockerfile = root().join("Dockerfile.scratch");
+    // --no-cache: docker.rs builds the same Dockerfile at the same time; a
+    // shared cache chain would let one test's `rmi` remove the other's
+    // intermediate images mid-build.
     docker(&[
         "build",
+        "--no-cache",
         "-q",
         "-f",
         dockerfile.to_str().unwrap(),
